@@ -1,0 +1,1 @@
+"""finetune-bot: start, inspect and cancel OpenAI fine-tuning jobs from Slack."""

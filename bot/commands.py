@@ -1,0 +1,365 @@
+"""Parse the text after `/finetune` into a typed command. Pure: no I/O, no Slack, no OpenAI.
+
+Every value is checked here against the spec's ranges before any request is built, so a bad
+command costs no HTTP call and gets a message that says what was wrong and what would work.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from bot import ids
+
+LIST_DEFAULT_LIMIT = 10
+EVENTS_DEFAULT_LIMIT = 20
+MAX_LIMIT = 100
+MAX_SEED = 2_147_483_647
+MAX_SUFFIX = 64
+METHODS = ("supervised", "dpo")
+
+# Base models (`gpt-4o-mini-2024-07-18`) and fine-tuned ones (`ft:gpt-4o-mini:acme:support:abc123`).
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+# OpenAI puts the suffix into a model name; keep to characters that survive there.
+SUFFIX = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+OPTION_KEY = re.compile(r"^[a-z_]{1,40}$")
+_ECHO_LIMIT = 60
+
+
+@dataclass(frozen=True)
+class HelpCommand:
+    pass
+
+
+@dataclass(frozen=True)
+class CreateCommand:
+    training_file: str
+    model: str
+    validation_file: str | None = None
+    suffix: str | None = None
+    seed: int | None = None
+    method: str = "supervised"
+    # Only the hyperparameters the user set; OpenAI picks `auto` for the rest.
+    hyperparameters: dict[str, int | float | str] = field(default_factory=dict)
+
+    def method_payload(self) -> dict[str, Any]:
+        """The spec's `method` object; `hyperparameters` at top level is deprecated."""
+        payload: dict[str, Any] = {"type": self.method}
+        if self.hyperparameters:
+            payload[self.method] = {"hyperparameters": dict(self.hyperparameters)}
+        return payload
+
+
+@dataclass(frozen=True)
+class ListCommand:
+    limit: int = LIST_DEFAULT_LIMIT
+
+
+@dataclass(frozen=True)
+class GetCommand:
+    job_id: str
+
+
+@dataclass(frozen=True)
+class EventsCommand:
+    job_id: str
+    limit: int = EVENTS_DEFAULT_LIMIT
+
+
+@dataclass(frozen=True)
+class CancelCommand:
+    job_id: str
+
+
+@dataclass(frozen=True)
+class WatchCommand:
+    """Follow a job in this channel; without an id, list what this channel follows."""
+
+    job_id: str | None = None
+
+
+@dataclass(frozen=True)
+class UnwatchCommand:
+    job_id: str
+
+
+Command = (
+    HelpCommand
+    | CreateCommand
+    | ListCommand
+    | GetCommand
+    | EventsCommand
+    | CancelCommand
+    | WatchCommand
+    | UnwatchCommand
+)
+
+
+@dataclass(frozen=True)
+class ParseError:
+    """What was wrong (plain text; the renderer escapes it) and the usage line that would work."""
+
+    message: str
+    usage: str | None = None
+    show_help: bool = False
+
+
+USAGE = {
+    "create": "create <training-file-id> [model=…] [validation_file=file-…] [suffix=…] [epochs=N|auto] "
+    "[batch_size=N|auto] [learning_rate_multiplier=X|auto] [seed=N] [method=supervised|dpo] [beta=X|auto]",
+    "list": "list [limit=N]",
+    "get": "get <job-id>",
+    "events": "events <job-id> [limit=N]",
+    "cancel": "cancel <job-id>",
+    "watch": "watch [<job-id>]",
+    "unwatch": "unwatch <job-id>",
+}
+
+EXAMPLES = {
+    "create": "create file-abc123 model=gpt-4o-mini-2024-07-18 suffix=support epochs=3",
+    "list": "list limit=20",
+    "get": "get ftjob-abc123",
+    "events": "events ftjob-abc123 limit=50",
+    "cancel": "cancel ftjob-abc123",
+    "watch": "watch ftjob-abc123",
+    "unwatch": "unwatch ftjob-abc123",
+}
+
+_ALIASES = {
+    "help": "help",
+    "create": "create",
+    "start": "create",
+    "list": "list",
+    "ls": "list",
+    "get": "get",
+    "status": "get",
+    "retrieve": "get",
+    "show": "get",
+    "events": "events",
+    "logs": "events",
+    "cancel": "cancel",
+    "watch": "watch",
+    "follow": "watch",
+    "unwatch": "unwatch",
+    "unfollow": "unwatch",
+}
+
+_CREATE_OPTIONS = (
+    "model",
+    "validation_file",
+    "suffix",
+    "epochs",
+    "batch_size",
+    "learning_rate_multiplier",
+    "seed",
+    "method",
+    "beta",
+)
+_OPTION_ALIASES = {"n_epochs": "epochs", "lr": "learning_rate_multiplier", "validation": "validation_file"}
+
+
+def parse_command(text: str, *, default_model: str) -> Command | ParseError:
+    tokens = _tokenize(text)
+    if not tokens:
+        return HelpCommand()
+    word = tokens[0].lower()
+    name = _ALIASES.get(word)
+    if name is None:
+        return ParseError(f"I don't know the command `{_echo(tokens[0])}`.", show_help=True)
+    args = tokens[1:]
+    if name == "help":
+        return HelpCommand()
+    if name == "create":
+        return _parse_create(args, default_model)
+    if name == "list":
+        positional, options = _split(args, name, ("limit",))
+        if isinstance(options, ParseError):
+            return options
+        if positional:
+            return _unexpected(positional, name)
+        limit = _parse_limit(options, LIST_DEFAULT_LIMIT, name)
+        return limit if isinstance(limit, ParseError) else ListCommand(limit=limit)
+    if name == "watch" and not args:
+        return WatchCommand()
+    # get / events / cancel / watch / unwatch all take one job id.
+    allowed = ("limit",) if name == "events" else ()
+    positional, options = _split(args, name, allowed)
+    if isinstance(options, ParseError):
+        return options
+    job_id = _one_id(positional, name, "job id", ids.JOB_ID, "ftjob-")
+    if isinstance(job_id, ParseError):
+        return job_id
+    if name == "get":
+        return GetCommand(job_id)
+    if name == "cancel":
+        return CancelCommand(job_id)
+    if name == "watch":
+        return WatchCommand(job_id)
+    if name == "unwatch":
+        return UnwatchCommand(job_id)
+    limit = _parse_limit(options, EVENTS_DEFAULT_LIMIT, name)
+    return limit if isinstance(limit, ParseError) else EventsCommand(job_id, limit)
+
+
+def _tokenize(text: str) -> list[str]:
+    # Slack sends `&`, `<`, `>` escaped; undo that so `&lt;` is judged as the `<` the user typed.
+    text = text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+    tokens = []
+    for raw in text.split():
+        # People paste ids formatted as code or quoted; the quotes are not part of the id.
+        token = raw.strip("`'\"\u201c\u201d\u2018\u2019")
+        if token:
+            tokens.append(token)
+    return tokens
+
+
+def _split(
+    args: list[str], command: str, allowed: tuple[str, ...]
+) -> tuple[list[str], dict[str, str] | ParseError]:
+    positional: list[str] = []
+    options: dict[str, str] = {}
+    for arg in args:
+        if "=" not in arg:
+            positional.append(arg)
+            continue
+        key, _, value = arg.partition("=")
+        key = _OPTION_ALIASES.get(key.lower().lstrip("-"), key.lower().lstrip("-"))
+        if key not in allowed:
+            valid = ", ".join(f"`{k}`" for k in allowed) if allowed else "none"
+            return positional, ParseError(
+                f"`{_echo(key)}` is not an option of `{command}`. Valid options: {valid}.",
+                usage=USAGE[command],
+            )
+        if key in options:
+            return positional, ParseError(f"`{key}` is given twice.", usage=USAGE[command])
+        if value == "":
+            return positional, ParseError(f"`{key}=` needs a value.", usage=USAGE[command])
+        options[key] = value
+    return positional, options
+
+
+def _unexpected(positional: list[str], command: str) -> ParseError:
+    return ParseError(f"I didn't expect `{_echo(positional[0])}` here.", usage=USAGE[command])
+
+
+def _one_id(
+    positional: list[str], command: str, what: str, pattern: re.Pattern[str], prefix: str
+) -> str | ParseError:
+    if not positional:
+        return ParseError(f"`{command}` needs a {what}, like `{prefix}abc123`.", usage=USAGE[command])
+    if len(positional) > 1:
+        return _unexpected(positional[1:], command)
+    value = positional[0]
+    if pattern.fullmatch(value) is None:
+        return ParseError(
+            f"`{_echo(value)}` is not a {what}. A {what} looks like `{prefix}abc123` "
+            f"(`{prefix}` followed by up to 64 letters, digits, `_` or `-`).",
+            usage=USAGE[command],
+        )
+    return value
+
+
+def _parse_limit(options: dict[str, str], default: int, command: str) -> int | ParseError:
+    if "limit" not in options:
+        return default
+    return _parse_int(options["limit"], "limit", 1, MAX_LIMIT, command)
+
+
+def _parse_int(value: str, key: str, low: int, high: int, command: str) -> int | ParseError:
+    if re.fullmatch(r"[+]?\d{1,12}", value) is None or not low <= int(value) <= high:
+        return ParseError(
+            f"`{key}` must be a whole number from {low} to {high}, not `{_echo(value)}`.",
+            usage=USAGE[command],
+        )
+    return int(value)
+
+
+def _parse_positive_float(value: str, key: str, upper: float | None, command: str) -> float | ParseError:
+    try:
+        number = float(value) if re.fullmatch(r"[+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", value) else None
+    except ValueError:  # pragma: no cover - the pattern admits only floats
+        number = None
+    if number is None or not math.isfinite(number) or number <= 0 or (upper is not None and number > upper):
+        bound = f"greater than 0 and at most {upper:g}" if upper is not None else "a number greater than 0"
+        return ParseError(f"`{key}` must be {bound} (or `auto`), not `{_echo(value)}`.", usage=USAGE[command])
+    return number
+
+
+def _parse_create(args: list[str], default_model: str) -> Command | ParseError:
+    positional, options = _split(args, "create", _CREATE_OPTIONS)
+    if isinstance(options, ParseError):
+        return options
+    training_file = _one_id(positional, "create", "training file id", ids.FILE_ID, "file-")
+    if isinstance(training_file, ParseError):
+        return training_file
+
+    model = options.get("model", default_model)
+    if MODEL_NAME.fullmatch(model) is None:
+        return ParseError(
+            f"`{_echo(model)}` is not a model name. Try a fine-tunable model such as `{default_model}`.",
+            usage=USAGE["create"],
+        )
+    validation_file = options.get("validation_file")
+    if validation_file is not None and not ids.is_file_id(validation_file):
+        return ParseError(
+            f"`validation_file` must be a file id like `file-abc123`, not `{_echo(validation_file)}`.",
+            usage=USAGE["create"],
+        )
+    suffix = options.get("suffix")
+    if suffix is not None and SUFFIX.fullmatch(suffix) is None:
+        return ParseError(
+            f"`suffix` must be 1 to {MAX_SUFFIX} letters, digits, `.`, `_` or `-`"
+            f" (it becomes part of the model name), not `{_echo(suffix)}`.",
+            usage=USAGE["create"],
+        )
+    seed: int | None = None
+    if "seed" in options:
+        parsed_seed = _parse_int(options["seed"], "seed", 0, MAX_SEED, "create")
+        if isinstance(parsed_seed, ParseError):
+            return parsed_seed
+        seed = parsed_seed
+    method = options.get("method", "supervised").lower()
+    if method not in METHODS:
+        return ParseError(
+            f"`method` must be `supervised` or `dpo`, not `{_echo(method)}`.", usage=USAGE["create"]
+        )
+
+    hyperparameters: dict[str, int | float | str] = {}
+    for key, api_key, low, high in (("epochs", "n_epochs", 1, 50), ("batch_size", "batch_size", 1, 256)):
+        if key in options:
+            if options[key].lower() == "auto":
+                hyperparameters[api_key] = "auto"
+                continue
+            number = _parse_int(options[key], key, low, high, "create")
+            if isinstance(number, ParseError):
+                return ParseError(number.message.replace(", not", " (or `auto`), not"), usage=USAGE["create"])
+            hyperparameters[api_key] = number
+    for key, upper in (("learning_rate_multiplier", None), ("beta", 2.0)):
+        if key in options:
+            if key == "beta" and method != "dpo":
+                return ParseError("`beta` only applies to `method=dpo`.", usage=USAGE["create"])
+            if options[key].lower() == "auto":
+                hyperparameters[key] = "auto"
+                continue
+            value = _parse_positive_float(options[key], key, upper, "create")
+            if isinstance(value, ParseError):
+                return value
+            hyperparameters[key] = value
+
+    return CreateCommand(
+        training_file=training_file,
+        model=model,
+        validation_file=validation_file,
+        suffix=suffix,
+        seed=seed,
+        method=method,
+        hyperparameters=hyperparameters,
+    )
+
+
+def _echo(value: str) -> str:
+    """Quote a bit of user input back without letting a 4,000-character paste flood the reply."""
+    cleaned = "".join(ch if ch.isprintable() else "?" for ch in value).replace("`", "'")
+    return cleaned if len(cleaned) <= _ECHO_LIMIT else cleaned[: _ECHO_LIMIT - 1] + "…"

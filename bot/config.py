@@ -1,0 +1,145 @@
+"""Configuration from the environment, checked all at once so an operator sees every problem.
+
+`load_settings` never raises for bad input: it returns the list of problems, one line each naming
+the variable, and `python -m bot` prints them and exits 2 (no traceback). Secret values are kept out
+of `repr` so a stray log line of the settings cannot leak them.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from bot.commands import MODEL_NAME
+
+DEFAULT_SLACK_API_URL = "https://slack.com/api/"
+DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1"
+# A current fine-tunable snapshot (OpenAI's fine-tuning guide lists it); override with DEFAULT_MODEL.
+DEFAULT_MODEL = "gpt-4o-mini-2024-07-18"
+DEFAULT_DATABASE_URL = "sqlite:///finetune-bot.db"
+
+
+@dataclass(frozen=True)
+class Settings:
+    slack_bot_token: str = field(repr=False)
+    openai_api_key: str = field(repr=False)
+    slack_signing_secret: str | None = field(default=None, repr=False)
+    slack_app_token: str | None = field(default=None, repr=False)
+    slack_api_url: str = DEFAULT_SLACK_API_URL
+    openai_base_url: str = DEFAULT_OPENAI_BASE_URL
+    openai_organization: str | None = None
+    openai_project: str | None = None
+    default_model: str = DEFAULT_MODEL
+    database_url: str = field(default=DEFAULT_DATABASE_URL, repr=False)  # may embed a password
+    poll_interval_seconds: float = 30.0
+    host: str = "0.0.0.0"
+    port: int = 3000
+    log_level: str = "INFO"
+    openai_timeout_seconds: float = 15.0
+    openai_max_connections: int = 20
+    poll_concurrency: int = 8
+
+    @property
+    def socket_mode(self) -> bool:
+        return self.slack_app_token is not None
+
+    def secrets(self) -> list[str]:
+        """Every value that must never appear in a log line or a message."""
+        values = [self.slack_bot_token, self.openai_api_key, self.slack_signing_secret, self.slack_app_token]
+        password = urlsplit(self.database_url).password
+        return [v for v in [*values, password] if v]
+
+
+def load_settings(env: Mapping[str, str]) -> Settings | list[str]:
+    problems: list[str] = []
+
+    def text(name: str) -> str | None:
+        value = env.get(name, "").strip()
+        return value or None
+
+    def required(name: str, hint: str) -> str:
+        value = text(name)
+        if value is None:
+            problems.append(f"{name} is not set: {hint}")
+            return ""
+        return value
+
+    def url(name: str, default: str) -> str:
+        value = text(name) or default
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            problems.append(f"{name} must be an http(s) URL, like {default}")
+        return value
+
+    def number(name: str, default: float, low: float, high: float, *, integer: bool = False) -> float:
+        raw = text(name)
+        if raw is None:
+            return default
+        try:
+            value = int(raw) if integer else float(raw)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:
+            kind = "a whole number" if integer else "a number"
+            problems.append(f"{name} must be {kind} from {low:g} to {high:g}, got {raw!r}")
+            return default
+        return value
+
+    bot_token = required(
+        "SLACK_BOT_TOKEN", "the bot token (xoxb-…) from the Slack app's OAuth & Permissions page"
+    )
+    if bot_token and not bot_token.startswith("xoxb-"):
+        problems.append("SLACK_BOT_TOKEN must be a bot token starting with xoxb-")
+    app_token = text("SLACK_APP_TOKEN")
+    if app_token is not None and not app_token.startswith("xapp-"):
+        problems.append(
+            "SLACK_APP_TOKEN must be an app-level token starting with xapp- (or unset for HTTP mode)"
+        )
+    signing_secret = text("SLACK_SIGNING_SECRET")
+    if app_token is None and signing_secret is None:
+        problems.append(
+            "SLACK_SIGNING_SECRET is not set: HTTP mode needs it (Basic Information → Signing Secret); "
+            "or set SLACK_APP_TOKEN to use Socket Mode"
+        )
+    openai_key = required("OPENAI_API_KEY", "an OpenAI API key allowed to use fine-tuning")
+
+    slack_api_url = url("SLACK_API_URL", DEFAULT_SLACK_API_URL)
+    if not slack_api_url.endswith("/"):
+        slack_api_url += "/"  # slack_sdk joins method names onto it
+    openai_base_url = url("OPENAI_BASE_URL", DEFAULT_OPENAI_BASE_URL).rstrip("/")
+
+    default_model = text("DEFAULT_MODEL") or DEFAULT_MODEL
+    if MODEL_NAME.fullmatch(default_model) is None:
+        problems.append(f"DEFAULT_MODEL is not a model name: {default_model!r}")
+
+    database_url = text("DATABASE_URL") or DEFAULT_DATABASE_URL
+    if re.match(r"^(sqlite|postgres(ql)?)(\+\w+)?://", database_url) is None:
+        problems.append("DATABASE_URL must be a sqlite:/// path or a postgresql:// URL")
+
+    log_level = (text("LOG_LEVEL") or "INFO").upper()
+    if log_level not in logging.getLevelNamesMapping():
+        problems.append(f"LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, got {log_level!r}")
+
+    settings = Settings(
+        slack_bot_token=bot_token,
+        openai_api_key=openai_key,
+        slack_signing_secret=signing_secret,
+        slack_app_token=app_token,
+        slack_api_url=slack_api_url,
+        openai_base_url=openai_base_url,
+        openai_organization=text("OPENAI_ORGANIZATION"),
+        openai_project=text("OPENAI_PROJECT"),
+        default_model=default_model,
+        database_url=database_url,
+        poll_interval_seconds=number("POLL_INTERVAL_SECONDS", 30.0, 1, 86_400),
+        host=text("HOST") or "0.0.0.0",
+        port=int(number("PORT", 3000, 1, 65_535, integer=True)),
+        log_level=log_level,
+        openai_timeout_seconds=number("OPENAI_TIMEOUT_SECONDS", 15.0, 1, 120),
+        openai_max_connections=int(number("OPENAI_MAX_CONNECTIONS", 20, 1, 1000, integer=True)),
+        poll_concurrency=int(number("POLL_CONCURRENCY", 8, 1, 100, integer=True)),
+    )
+    return problems or settings

@@ -1,0 +1,10 @@
+"""Every Slack surface the bot listens on, registered in one place."""
+
+from slack_bolt.async_app import AsyncApp
+
+from bot.listeners import commands
+from bot.runner import CommandRunner
+
+
+def register_listeners(app: AsyncApp, runner: CommandRunner, *, default_model: str) -> None:
+    commands.register(app, runner, default_model=default_model)

@@ -1,0 +1,227 @@
+"""Deliver the outbox: each owed notification reaches Slack exactly once.
+
+The order of durable steps is what makes "exactly once" hold across SIGKILL:
+1. the outbox row exists (written with the end of the watch, see `Store.finish_watch`);
+2. `record_attempt` notes where the post goes, before posting;
+3. the post carries the row's key in Slack message metadata;
+4. `mark_sent` after Slack accepts it.
+A row with an attempt but no `sent_at` means the process died between 2 and 4: Slack is asked
+whether it has a message with that key (conversations.replies / history with metadata) and the post
+is only repeated if it does not. Slack 429/5xx and connection errors defer the row (retried next
+cycle); a channel that refuses the bot gets the outcome by DM to the person who started the job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot import render
+from bot.models import FineTuningJob
+from bot.runner import CHANNEL_REFUSED
+from bot.store import OutboxItem, Store, Watch
+
+log = logging.getLogger(__name__)
+
+METADATA_EVENT = "finetune_outcome"
+
+
+def crash_point(name: str) -> None:
+    """Test hook: `FINETUNE_CRASH_AT=<name>` kills this process with a real SIGKILL right here, so
+    the exactly-once tests can stop the bot at the precise moments that matter."""
+    if os.environ.get("FINETUNE_CRASH_AT") == name:
+        log.warning("FINETUNE_CRASH_AT=%s: killing this process now", name)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class Notifier:
+    def __init__(
+        self,
+        store: Store,
+        slack: AsyncWebClient,
+        *,
+        owner: str,
+        lease_ttl: float,
+        concurrency: int = 4,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._slack = slack
+        self._owner = owner
+        self._lease_ttl = lease_ttl
+        self._concurrency = concurrency
+        self._clock = clock
+        self._lock = asyncio.Lock()
+
+    async def deliver_due(self) -> int:
+        """Post every notification that is owed and not leased elsewhere; returns how many were sent."""
+        async with self._lock:  # the poller and a webhook may both ask at once
+            items = await asyncio.to_thread(
+                self._store.claim_outbox, self._owner, now=self._clock(), ttl=self._lease_ttl
+            )
+            if not items:
+                return 0
+            # Messages for one channel go one after another (Slack allows ~1/s per channel and
+            # answers 429 beyond); different channels go in parallel under a bound.
+            by_channel: dict[str, list[OutboxItem]] = {}
+            watches: dict[int, Watch] = {}
+            for item in items:
+                watch = await asyncio.to_thread(self._store.watch, item.watch_id)
+                if watch is None:  # pragma: no cover - foreign key makes this impossible
+                    continue
+                watches[item.id] = watch
+                by_channel.setdefault(watch.channel_id, []).append(item)
+            semaphore = asyncio.Semaphore(self._concurrency)
+
+            async def run_channel(queue: list[OutboxItem]) -> int:
+                sent = 0
+                async with semaphore:
+                    for item in queue:
+                        sent += await self._deliver_safely(item, watches[item.id])
+                return sent
+
+            results = await asyncio.gather(*(run_channel(q) for q in by_channel.values()))
+            return sum(results)
+
+    async def _deliver_safely(self, item: OutboxItem, watch: Watch) -> int:
+        try:
+            return 1 if await self._deliver(item, watch) else 0
+        except Exception as error:  # one bad notification must never block the rest
+            log.exception("delivering %s failed; will retry", item.key)
+            await asyncio.to_thread(
+                self._store.defer, item.id, error=type(error).__name__, retry_in=self._backoff(item)
+            )
+            return 0
+
+    def _backoff(self, item: OutboxItem) -> float:
+        return min(300.0, 2.0 * 2 ** min(item.attempts, 7)) * random.uniform(0.5, 1.0)
+
+    async def _deliver(self, item: OutboxItem, watch: Watch) -> bool:
+        job = FineTuningJob.from_api(item.payload)
+        if item.attempt_started_at is not None and item.attempt_channel:
+            found = await self._find_posted(item)
+            if found is not None:
+                log.info("%s was already in Slack (ts %s); not posting again", item.key, found)
+                await asyncio.to_thread(
+                    self._store.mark_sent, item.id, channel=item.attempt_channel, ts=found
+                )
+                await self._update_announcement(watch, job)
+                return True
+
+        message = render.render_outcome(job, watch.user_id, item.outcome, int(self._clock()))
+        try:
+            ts = await self._post(item, watch.channel_id, watch.announcement_ts, message)
+        except SlackApiError as error:
+            reason = str(error.response.get("error") or "unknown_error")
+            if reason not in CHANNEL_REFUSED:
+                raise
+            log.warning(
+                "%s: channel %s refused the bot (%s); telling %s directly",
+                item.key,
+                watch.channel_id,
+                reason,
+                watch.user_id,
+            )
+            return await self._deliver_by_dm(item, watch, job, reason)
+        if ts is None:
+            return False
+        await asyncio.to_thread(self._store.mark_sent, item.id, channel=watch.channel_id, ts=ts)
+        log.info("announced %s outcome %s in %s", item.job_id, item.outcome, watch.channel_id)
+        await self._update_announcement(watch, job)
+        return True
+
+    async def _post(
+        self, item: OutboxItem, channel: str, thread_ts: str | None, message: render.Reply
+    ) -> str | None:
+        """Post with the key in metadata; None if this replica no longer holds the row."""
+        recorded = await asyncio.to_thread(
+            self._store.record_attempt, item.id, self._owner, channel, thread_ts
+        )
+        if not recorded:
+            log.info("%s is no longer ours (sent or leased elsewhere); skipping", item.key)
+            return None
+        crash_point("before_post")
+        kwargs: dict[str, Any] = {}
+        if thread_ts:
+            # A threaded reply that also shows in the channel, like the GitHub app's updates.
+            kwargs = {"thread_ts": thread_ts, "reply_broadcast": True}
+        response = await self._slack.chat_postMessage(
+            channel=channel,
+            metadata={"event_type": METADATA_EVENT, "event_payload": {"key": item.key}},
+            unfurl_links=False,
+            unfurl_media=False,
+            **kwargs,
+            **message.as_kwargs(),
+        )
+        crash_point("after_post")
+        return str(response["ts"])
+
+    async def _deliver_by_dm(self, item: OutboxItem, watch: Watch, job: FineTuningJob, reason: str) -> bool:
+        opened = await self._slack.conversations_open(users=watch.user_id)
+        dm = str(opened["channel"]["id"])
+        note = render.render_redirected_note(watch.channel_id, reason)
+        message = render.render_outcome(job, watch.user_id, item.outcome, int(self._clock()), note=note)
+        ts = await self._post(item, dm, None, message)
+        if ts is None:
+            return False
+        await asyncio.to_thread(
+            self._store.mark_sent, item.id, channel=dm, ts=ts, note=f"sent by DM: {watch.channel_id} {reason}"
+        )
+        return True
+
+    async def _find_posted(self, item: OutboxItem) -> str | None:
+        """The ts of a message already carrying this item's key, if Slack has one."""
+        assert item.attempt_channel is not None
+        oldest = f"{(item.attempt_started_at or 0) - 60:.6f}"
+        try:
+            if item.attempt_thread_ts:
+                response = await self._slack.conversations_replies(
+                    channel=item.attempt_channel,
+                    ts=item.attempt_thread_ts,
+                    oldest=oldest,
+                    include_all_metadata=True,
+                    limit=200,
+                )
+            else:
+                response = await self._slack.conversations_history(
+                    channel=item.attempt_channel, oldest=oldest, include_all_metadata=True, limit=200
+                )
+        except SlackApiError as error:
+            reason = error.response.get("error")
+            if reason in CHANNEL_REFUSED or reason == "thread_not_found":
+                return None  # the earlier attempt cannot have landed there either
+            raise
+        for message in response.get("messages") or []:
+            meta = message.get("metadata") or {}
+            if (
+                meta.get("event_type") == METADATA_EVENT
+                and (meta.get("event_payload") or {}).get("key") == item.key
+            ):
+                return str(message.get("ts"))
+        return None
+
+    async def _update_announcement(self, watch: Watch, job: FineTuningJob) -> None:
+        """Make the parent message show the final status (best effort: the outcome is already out)."""
+        if not watch.announcement_ts:
+            return
+        if watch.origin == "watch":
+            message = render.render_watch_announcement(job, watch.user_id, int(self._clock()))
+        else:
+            message = render.render_announcement(job, watch.user_id, int(self._clock()))
+        try:
+            await self._slack.chat_update(
+                channel=watch.channel_id, ts=watch.announcement_ts, **message.as_kwargs()
+            )
+        except Exception:
+            log.warning(
+                "could not update the announcement of %s in %s", watch.job_id, watch.channel_id, exc_info=True
+            )

@@ -1,0 +1,147 @@
+"""Follow every watched job to its end with as few OpenAI calls as the API allows.
+
+One cycle: claim this replica's share of the active watches, learn their jobs' statuses from
+`GET /fine_tuning/jobs?limit=100` pages (newest first, a hundred jobs a call), retrieve one by one
+only the jobs those pages did not reach, write an outbox row for every job that ended, then deliver
+the outbox. A job's state that did not change costs nothing more. Any OpenAI error is logged and the
+next cycle tries again; a job OpenAI no longer knows (404) ends its watch with a note, and never
+holds up the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from bot.models import FineTuningJob
+from bot.notifier import Notifier, crash_point
+from bot.openai_client import FineTuningClient, NotFoundError, OpenAIError
+from bot.store import Store, Watch
+
+log = logging.getLogger(__name__)
+
+PAGE_SIZE = 100
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    jobs: dict[str, FineTuningJob]
+    missing: set[str]  # OpenAI answered 404
+    unknown: set[str]  # could not learn this cycle (errors); try again next time
+
+
+def new_replica_id() -> str:
+    return f"replica-{uuid.uuid4().hex[:12]}"
+
+
+class Poller:
+    def __init__(
+        self,
+        store: Store,
+        openai: FineTuningClient,
+        notifier: Notifier,
+        *,
+        owner: str,
+        lease_ttl: float,
+        concurrency: int = 8,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._openai = openai
+        self._notifier = notifier
+        self._owner = owner
+        self._lease_ttl = lease_ttl
+        self._concurrency = concurrency
+        self._clock = clock
+
+    async def cycle(self) -> None:
+        """One poll cycle. Never raises: the scheduler must keep calling it."""
+        try:
+            await self._cycle()
+        except Exception:
+            log.exception("poll cycle failed; the next one will try again")
+        try:
+            await self._notifier.deliver_due()
+        except Exception:
+            log.exception("delivering notifications failed; the next cycle will try again")
+
+    async def _cycle(self) -> None:
+        now = self._clock()
+        live = await asyncio.to_thread(self._store.heartbeat, self._owner, now, self._lease_ttl)
+        watches = await asyncio.to_thread(
+            self._store.claim_watches, self._owner, now=now, ttl=self._lease_ttl, live_replicas=live
+        )
+        if not watches:
+            return
+        report = await self.fetch_statuses(watches)
+        await self.apply(watches, report)
+
+    async def fetch_statuses(self, watches: Iterable[Watch]) -> StatusReport:
+        wanted: dict[str, int | None] = {}
+        for watch in watches:
+            wanted[watch.job_id] = watch.job_created_at
+        jobs: dict[str, FineTuningJob] = {}
+        # List pages cover a hundred jobs a call. Stop as soon as every job is found, the list
+        # ends, or the page reaches jobs older than the oldest one we watch; the bound keeps a
+        # busy organisation (many jobs not started from Slack) from costing endless pages.
+        created = [c for c in wanted.values() if c is not None]
+        oldest = min(created) if len(created) == len(wanted) else None
+        max_pages = math.ceil(len(wanted) / PAGE_SIZE) + 1
+        after: str | None = None
+        try:
+            for _ in range(max_pages):
+                page = await self._openai.list_jobs(limit=PAGE_SIZE, after=after)
+                for job in page.data:
+                    if job.id in wanted:
+                        jobs[job.id] = job
+                if len(jobs) == len(wanted) or not page.has_more or not page.data:
+                    break
+                last = page.data[-1]
+                if oldest is not None and last.created_at is not None and last.created_at < oldest:
+                    break
+                after = last.id
+        except OpenAIError as error:
+            log.warning("listing jobs failed (%s); retrieving watched jobs one by one", error.status or error)
+
+        missing: set[str] = set()
+        unknown: set[str] = set()
+        semaphore = asyncio.Semaphore(self._concurrency)
+
+        async def retrieve(job_id: str) -> None:
+            async with semaphore:
+                try:
+                    jobs[job_id] = await self._openai.retrieve_job(job_id)
+                except NotFoundError:
+                    missing.add(job_id)
+                except OpenAIError as error:
+                    log.warning("retrieving %s failed (%s); next cycle will try again", job_id, error.status)
+                    unknown.add(job_id)
+
+        await asyncio.gather(*(retrieve(job_id) for job_id in wanted if job_id not in jobs))
+        return StatusReport(jobs, missing, unknown)
+
+    async def apply(self, watches: Iterable[Watch], report: StatusReport) -> int:
+        """Record what changed; returns how many outbox rows were written."""
+        written = 0
+        for watch in watches:
+            job = report.jobs.get(watch.job_id)
+            if job is not None:
+                if job.is_terminal:
+                    written += await self.finish(watch, job.status, job.raw)
+                elif job.status != watch.last_status:
+                    await asyncio.to_thread(self._store.set_status, [watch.id], job.status)
+            elif watch.job_id in report.missing:
+                written += await self.finish(watch, "missing", {"id": watch.job_id, "status": "missing"})
+        return written
+
+    async def finish(self, watch: Watch, outcome: str, payload: dict[str, object]) -> int:
+        created = await asyncio.to_thread(self._store.finish_watch, watch, outcome, dict(payload))
+        if created:
+            log.info("job %s %s; notification owed to %s", watch.job_id, outcome, watch.channel_id)
+            crash_point("after_outbox_write")
+        return 1 if created else 0

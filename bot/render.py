@@ -1,0 +1,574 @@
+"""Turn values into Slack messages. Pure: no I/O, no clock (callers pass `now`), no logging.
+
+Everything that comes from OpenAI or from a user goes through `escape()` before it enters mrkdwn, so
+`<!channel>`, `<@U…>` and `<url|label>` arrive inert, and every renderer keeps within Slack's Block
+Kit limits (a message that breaks them is rejected whole with `invalid_blocks`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from bot.commands import EXAMPLES, USAGE, ParseError
+from bot.models import FineTuningJob, JobEvent
+from bot.openai_client import (
+    AuthenticationError,
+    BadRequestError,
+    ConflictError,
+    NotFoundError,
+    OpenAIError,
+    PermissionDeniedError,
+    QuotaExceededError,
+    RateLimitError,
+    ServerError,
+    UnavailableError,
+)
+
+# Slack's limits (FACTS.md).
+MAX_BLOCKS = 50
+SECTION_TEXT = 3000
+FIELD_TEXT = 2000
+MAX_FIELDS = 10
+HEADER_TEXT = 150
+TOP_TEXT = 40000
+# Our own caps on single values, so that a pasted essay or a hostile string cannot crowd out the rest.
+ID_CHARS = 80
+NAME_CHARS = 150
+EVENT_CHARS = 300
+ERROR_CHARS = 1500
+
+_USER_ID = re.compile(r"[UW][A-Z0-9]{2,}")
+_CHANNEL_ID = re.compile(r"[CGD][A-Z0-9]{2,}")
+# A cut that ends inside `&amp;`, `&lt;` or `&gt;` would leave a broken entity showing.
+_PARTIAL_ENTITY = re.compile(r"&(?:a|am|amp|l|lt|g|gt)?$")
+
+_STATUS = {
+    "validating_files": (":mag:", "Validating files"),
+    "queued": (":hourglass_flowing_sand:", "Queued"),
+    "running": (":arrows_counterclockwise:", "Running"),
+    "paused": (":double_vertical_bar:", "Paused"),
+    "succeeded": (":white_check_mark:", "Succeeded"),
+    "failed": (":x:", "Failed"),
+    "cancelled": (":no_entry_sign:", "Cancelled"),
+}
+_LEVEL_MARKERS = {"warn": ":warning: ", "warning": ":warning: ", "error": ":red_circle: "}
+_DESCRIPTIONS = {
+    "create": "start a fine-tuning job",
+    "list": "list recent jobs",
+    "get": "show one job",
+    "events": "show a job's events",
+    "cancel": "cancel a job",
+    "watch": "follow a job's outcome in this channel (no id: list what this channel follows)",
+    "unwatch": "stop following a job here",
+}
+_UNITS = (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1))
+
+
+@dataclass(frozen=True)
+class Reply:
+    text: str  # plain-text fallback (notifications, screen readers); Slack parses it as mrkdwn too
+    blocks: list[dict[str, Any]]
+
+    def as_kwargs(self) -> dict[str, Any]:
+        return {"text": self.text, "blocks": self.blocks}
+
+
+# ---------------------------------------------------------------------------------------------- pieces
+
+
+def escape(text: str) -> str:
+    """The three replacements Slack requires; `&` first so the others are not escaped twice."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _truncate(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    if limit <= 0:
+        return ""
+    return _PARTIAL_ENTITY.sub("", text[: limit - 1]) + "…"
+
+
+def _clip(value: str, limit: int) -> str:
+    """Escape, then cut: bounds the escaped length, which is what Slack counts."""
+    return _truncate(escape(" ".join(value.split())), limit)
+
+
+def _code(value: str | None, limit: int = ID_CHARS) -> str:
+    if not value:
+        return "—"
+    # A backtick inside would end the code span early; ids and model names never hold one.
+    return "`" + _clip(value.replace("`", "'"), limit) + "`"
+
+
+def date_token(ts: int, fmt: str = "{date_short_pretty} at {time}") -> str:
+    """Renders in each reader's time zone; the fallback (old clients, notifications) is UTC."""
+    fallback = datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return f"<!date^{int(ts)}^{fmt}|{fallback}>"
+
+
+def _plural(count: int, unit: str) -> str:
+    return f"{count} {unit}" if count == 1 else f"{count} {unit}s"
+
+
+def duration_words(seconds: float) -> str:
+    """The largest unit and the one below it, so "2 hours 5 minutes" but never "2 hours 5 seconds"."""
+    remaining = max(0, round(seconds))
+    for index, (unit, size) in enumerate(_UNITS):
+        if remaining >= size or size == 1:
+            parts = [_plural(remaining // size, unit)]
+            if index + 1 < len(_UNITS):
+                smaller, smaller_size = _UNITS[index + 1]
+                rest = (remaining % size) // smaller_size
+                if rest:
+                    parts.append(_plural(rest, smaller))
+            return " ".join(parts)
+    raise AssertionError("unreachable: the last unit is one second")  # pragma: no cover
+
+
+def age_words(ts: int, now: int) -> str:
+    elapsed = now - ts
+    if elapsed < 60:  # also a clock skewed into the future
+        return "just now"
+    for unit, size in _UNITS:
+        if elapsed >= size:
+            return f"{_plural(elapsed // size, unit)} ago"
+    raise AssertionError("unreachable: elapsed >= 60")  # pragma: no cover
+
+
+def status_emoji(status: str) -> str:
+    return _STATUS.get(status, (":grey_question:", ""))[0]
+
+
+def _status_label_plain(status: str) -> str:
+    if status in _STATUS:
+        return _STATUS[status][1]
+    words = " ".join(status.replace("_", " ").split())[:40] or "Unknown"
+    return words[:1].upper() + words[1:]
+
+
+def status_label(status: str) -> str:
+    """Known statuses get a label; one OpenAI adds later is shown as itself rather than hidden."""
+    return escape(_status_label_plain(status))
+
+
+def _status(status: str) -> str:
+    return f"{status_emoji(status)} {status_label(status)}"
+
+
+def _when(ts: int | None, now: int) -> str:
+    return "unknown" if ts is None else f"{date_token(ts)} ({age_words(ts, now)})"
+
+
+# ---------------------------------------------------------------------------------------------- blocks
+
+
+def _header(text: str) -> dict[str, Any]:
+    # plain_text is shown as typed (no mentions, no links), so it needs cutting but not escaping.
+    plain = " ".join(text.split()) or "finetune-bot"
+    return {
+        "type": "header",
+        "text": {"type": "plain_text", "text": _truncate(plain, HEADER_TEXT), "emoji": True},
+    }
+
+
+def _section(text: str) -> dict[str, Any]:
+    return {"type": "section", "text": {"type": "mrkdwn", "text": _truncate(text, SECTION_TEXT)}}
+
+
+def _fields(pairs: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    """Label/value pairs as field sections, ten fields per section."""
+    fields = [
+        {"type": "mrkdwn", "text": _truncate(f"*{label}*\n{value}", FIELD_TEXT)} for label, value in pairs
+    ]
+    return [
+        {"type": "section", "fields": fields[i : i + MAX_FIELDS]} for i in range(0, len(fields), MAX_FIELDS)
+    ]
+
+
+def _context(text: str) -> dict[str, Any]:
+    return {"type": "context", "elements": [{"type": "mrkdwn", "text": _truncate(text, SECTION_TEXT)}]}
+
+
+def _chunk(lines: Iterable[str], limit: int = SECTION_TEXT) -> list[str]:
+    """Pack lines into as few texts of at most `limit` characters as will hold them."""
+    chunks: list[str] = []
+    current = ""
+    for line in lines:
+        line = _truncate(line, limit)
+        if current and len(current) + 1 + len(line) > limit:
+            chunks.append(current)
+            current = line
+        else:
+            current = f"{current}\n{line}" if current else line
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def _reply(text: str, blocks: list[dict[str, Any]]) -> Reply:
+    # Each renderer sizes itself to fit; this is the last guard against `invalid_blocks`.
+    return Reply(text=_truncate(text, TOP_TEXT), blocks=blocks[:MAX_BLOCKS])
+
+
+def _mention(user_id: str) -> str:
+    return f"<@{user_id}>" if _USER_ID.fullmatch(user_id) else _clip(user_id, ID_CHARS)
+
+
+# ---------------------------------------------------------------------------------------------- help
+
+
+def _help_lines(command: str) -> list[str]:
+    cmd = _clip(command, 40)
+    lines = [f"*`{cmd}` starts, inspects and cancels OpenAI fine-tuning jobs.*"]
+    for name, usage in USAGE.items():
+        description = _DESCRIPTIONS.get(name, name)
+        lines.append(f"• {description}: `{cmd} {escape(usage)}`")
+        if name in EXAMPLES:
+            lines.append(f"    e.g. `{cmd} {escape(EXAMPLES[name])}`")
+    lines.append(f"• this help: `{cmd} help`")
+    return lines
+
+
+def render_help(command: str = "/finetune") -> Reply:
+    blocks = [_section(chunk) for chunk in _chunk(_help_lines(command))]
+    return _reply(f"How to use {_clip(command, 40)}", blocks)
+
+
+def render_parse_error(error: ParseError, command: str = "/finetune") -> Reply:
+    cmd = _clip(command, 40)
+    message = f":warning: {_clip(error.message, ERROR_CHARS)}"
+    text = message
+    if error.usage:
+        usage = f"Usage: `{cmd} {_clip(error.usage, ERROR_CHARS)}`"
+        message = f"{message}\n{usage}"
+        text = f"{text} {usage}"
+    blocks = [_section(message)]
+    if error.show_help:
+        blocks += render_help(command).blocks
+    return _reply(text, blocks)
+
+
+# ---------------------------------------------------------------------------------------------- jobs
+
+
+def _job_fields(job: FineTuningJob, now: int) -> list[tuple[str, str]]:
+    pairs = [("Status", _status(job.status)), ("Model", _code(job.model, NAME_CHARS))]
+    if job.fine_tuned_model:
+        pairs.append(("Fine-tuned model", _code(job.fine_tuned_model, NAME_CHARS)))
+    pairs.append(("Training file", _code(job.training_file)))
+    if job.validation_file:
+        pairs.append(("Validation file", _code(job.validation_file)))
+    pairs.append(("Created", _when(job.created_at, now)))
+    if job.finished_at is not None:
+        pairs.append(("Finished", date_token(job.finished_at)))
+        if job.created_at is not None:
+            pairs.append(("Duration", duration_words(job.finished_at - job.created_at)))
+    elif job.estimated_finish is not None:
+        eta = date_token(job.estimated_finish)
+        if job.estimated_finish > now:
+            eta += f" (in {duration_words(job.estimated_finish - now)})"
+        pairs.append(("Estimated finish", eta))
+    if job.trained_tokens is not None:
+        pairs.append(("Trained tokens", f"{job.trained_tokens:,}"))
+    if job.method_type:
+        pairs.append(("Method", _clip(job.method_type, 40)))
+    if job.seed is not None:
+        pairs.append(("Seed", str(job.seed)))
+    return pairs
+
+
+def render_job(job: FineTuningJob, now: int) -> Reply:
+    blocks = [
+        _header(f"{status_emoji(job.status)} Fine-tuning job {job.id}"),
+        *_fields(_job_fields(job, now)),
+    ]
+    if job.hyperparameters:
+        settings = " ".join(_code(f"{key}={value}", 100) for key, value in job.hyperparameters.items())
+        blocks.append(_section(f"*Hyperparameters*\n{settings}"))
+    if job.error:
+        lines = [f":x: *Error* {_code(job.error.code)}", _clip(job.error.message or "", ERROR_CHARS)]
+        if job.error.param:
+            lines.append(f"Parameter: {_code(job.error.param)}")
+        blocks.append(_section("\n".join(line for line in lines if line)))
+    if job.metadata:
+        lines = ["*Metadata*"] + [f"{_code(k, 64)} {_clip(v, 200)}" for k, v in job.metadata.items()]
+        blocks += [_section(chunk) for chunk in _chunk(lines)]
+    text = f"Fine-tuning job {_clip(job.id, ID_CHARS)}: {status_label(job.status)}"
+    return _reply(text, blocks)
+
+
+def _job_line(job: FineTuningJob, now: int) -> str:
+    model = _code(job.model, NAME_CHARS)
+    if job.fine_tuned_model:
+        model += f" → {_code(job.fine_tuned_model, NAME_CHARS)}"
+    parts = [f"{_code(job.id)} {_status(job.status)}", model]
+    if job.created_at is not None:
+        parts.append(age_words(job.created_at, now))
+    return " · ".join(parts)
+
+
+def render_job_list(jobs: list[FineTuningJob], has_more: bool, now: int) -> Reply:
+    if not jobs:
+        return _reply("No fine-tuning jobs yet.", [_section("No fine-tuning jobs yet.")])
+    chunks = _chunk(_job_line(job, now) for job in jobs)
+    # Header and the closing context take two blocks; newest jobs come first, so keep the front.
+    shown = chunks[: MAX_BLOCKS - 2]
+    blocks = [_header("Fine-tuning jobs"), *(_section(chunk) for chunk in shown)]
+    if has_more or len(shown) < len(chunks):
+        if len(jobs) >= 100 or len(shown) < len(chunks):
+            note = f"Showing the most recent of {len(jobs)} jobs; older ones are not listed here."
+        else:
+            note = f"Showing the {len(jobs)} most recent jobs; `/finetune list limit=100` shows more."
+        blocks.append(_context(note))
+    return _reply(f"{len(jobs)} fine-tuning jobs", blocks)
+
+
+# ---------------------------------------------------------------------------------------------- events
+
+
+def _number(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return f"{value:.3g}"
+
+
+def _metrics_text(data: dict[str, Any]) -> str | None:
+    parts = []
+    step, total = data.get("step"), data.get("total_steps")
+    if isinstance(step, int) and not isinstance(step, bool):
+        parts.append(f"Step {step}/{total}" if isinstance(total, int) else f"Step {step}")
+    for key, label in (
+        ("train_loss", "train loss"),
+        ("valid_loss", "valid loss"),
+        ("train_mean_token_accuracy", "train accuracy"),
+    ):
+        number = _number(data.get(key))
+        if number is not None:
+            parts.append(f"{label} {number}")
+    return " · ".join(parts) if parts else None
+
+
+def _event_line(event: JobEvent) -> str:
+    when = "—" if event.created_at is None else date_token(event.created_at, "{date_short} {time}")
+    metrics = _metrics_text(event.data) if event.type == "metrics" else None
+    message = metrics if metrics is not None else _clip(event.message, EVENT_CHARS)
+    return f"{when} {_LEVEL_MARKERS.get(event.level, '')}{message}"
+
+
+def render_events(job_id: str, events: list[JobEvent], has_more: bool, now: int) -> Reply:
+    header = _header(f"Events of {job_id}")
+    if not events:
+        return _reply(f"No events yet for {_clip(job_id, ID_CHARS)}.", [header, _section("No events yet.")])
+    # The API sends newest first; a log reads oldest to newest.
+    chunks = _chunk(_event_line(event) for event in reversed(events))
+    # If it still does not fit, the newest events are the ones worth keeping.
+    shown = chunks[-(MAX_BLOCKS - 2) :]
+    blocks = [header, *(_section(chunk) for chunk in shown)]
+    if has_more or len(shown) < len(chunks):
+        if len(events) >= 100 or len(shown) < len(chunks):
+            note = f"Showing the most recent of {len(events)} events; older ones are not listed here."
+        else:
+            note = f"Showing the {len(events)} most recent events; use `limit=` for more (max 100)."
+        blocks.append(_context(note))
+    return _reply(f"{len(events)} events of {_clip(job_id, ID_CHARS)}", blocks)
+
+
+# ---------------------------------------------------------------------------------------------- announcements
+
+
+def _announcement(job: FineTuningJob, user_id: str, now: int) -> tuple[str, list[dict[str, Any]]]:
+    who = _mention(user_id)
+    pairs = [
+        ("Model", _code(job.model, NAME_CHARS)),
+        ("Training file", _code(job.training_file)),
+        ("Validation file", _code(job.validation_file)),
+        ("Status", _status(job.status)),
+        ("Created", _when(job.created_at, now)),
+    ]
+    blocks = [_section(f"{who} started a fine-tuning job {_code(job.id)}"), *_fields(pairs)]
+    text = f"{who} started fine-tuning job {_clip(job.id, ID_CHARS)} on {_clip(job.model, NAME_CHARS)}"
+    return text, blocks
+
+
+def render_announcement(job: FineTuningJob, user_id: str, now: int) -> Reply:
+    return _reply(*_announcement(job, user_id, now))
+
+
+_NOT_POSTED_REASONS = {
+    "not_in_channel": "I'm not a member of this channel",
+    "channel_not_found": "I can't see this channel (private channels need an invite)",
+    "is_archived": "this channel is archived",
+}
+
+
+def render_announcement_not_posted(
+    job: FineTuningJob, user_id: str, channel_id: str, reason: str, now: int
+) -> Reply:
+    where = f"<#{channel_id}>" if _CHANNEL_ID.fullmatch(channel_id) else "this channel"
+    why = _NOT_POSTED_REASONS.get(reason, f"Slack said {_code(reason, 60)}")
+    notice = (
+        f":warning: The job was started, but I can't post in {where}: {why}. "
+        "Invite me with `/invite @finetune` (private channels need an invite) "
+        "so the outcome can be announced here."
+    )
+    _, blocks = _announcement(job, user_id, now)
+    text = f"Your fine-tuning job {_clip(job.id, ID_CHARS)} was started, but I can't post in this channel."
+    return _reply(text, [_section(notice), *blocks])
+
+
+def render_cancel_requested(job: FineTuningJob, now: int) -> Reply:
+    headline = f":no_entry_sign: Cancellation requested for {_code(job.id)}"
+    blocks = [
+        _section(f"{headline}\nStatus now: {_status(job.status)}"),
+        _context(
+            f"Cancelling can take a moment; `/finetune get {_clip(job.id, ID_CHARS)}` shows the latest."
+        ),
+    ]
+    return _reply(f"Cancellation requested for {_clip(job.id, ID_CHARS)}", blocks)
+
+
+# ---------------------------------------------------------------------------------------------- errors
+
+
+def _openai_error_message(error: OpenAIError, job_id: str | None, action: str) -> str:
+    if isinstance(error, NotFoundError):
+        if job_id is None:
+            return "OpenAI could not find that."
+        return f"No fine-tuning job {_code(job_id)} was found (check the id with `/finetune list`)."
+    if isinstance(error, AuthenticationError | PermissionDeniedError):
+        # Fixed wording on purpose: the error's own text could quote part of the key.
+        return (
+            "OpenAI refused the bot's credentials — ask the admin who installed finetune-bot to check "
+            "its OpenAI API key (and organization/project)."
+        )
+    if isinstance(error, QuotaExceededError):
+        return (
+            f"I couldn't {escape(action)}: the OpenAI account's quota is used up. Ask an admin to check "
+            "its billing and usage limits."
+        )
+    rejected = isinstance(error, BadRequestError | ConflictError) or (
+        not isinstance(error, RateLimitError | ServerError | UnavailableError)
+        and error.status is not None
+        and 400 <= error.status < 500
+        and error.status != 408  # a timeout: trying again is the answer
+    )
+    if rejected:
+        message = f"OpenAI rejected this: {_clip(error.message, ERROR_CHARS)}"
+        if error.param:
+            message += f" (parameter {_code(error.param)})"
+        return message
+    return f"I couldn't {escape(action)}: OpenAI is unavailable right now, try again in a minute."
+
+
+def render_openai_error(error: OpenAIError, *, job_id: str | None = None, action: str = "do that") -> Reply:
+    message = f":warning: {_openai_error_message(error, job_id, action)}"
+    blocks = [_section(message)]
+    if error.request_id:
+        blocks.append(_context(f"OpenAI request id: {_code(error.request_id)}"))
+    return _reply(message, blocks)
+
+
+def render_internal_error() -> Reply:
+    message = ":warning: Something went wrong on my side; the team has been told (see the bot's logs)."
+    return _reply(message, [_section(message)])
+
+
+# ---------------------------------------------------------------------------------------------- watches
+
+
+def render_watch_announcement(job: FineTuningJob, user_id: str, now: int) -> Reply:
+    """A channel starts following a job started elsewhere: the parent message of its outcome."""
+    _, blocks = _announcement(job, user_id, now)
+    who = _mention(user_id)
+    blocks[0] = _section(f"{who} is following fine-tuning job {_code(job.id)} in this channel")
+    return _reply(f"{who} is following fine-tuning job {_clip(job.id, ID_CHARS)}", blocks)
+
+
+def render_already_watching(job_id: str) -> Reply:
+    text = f"This channel already follows {_code(job_id)}; its outcome will be posted here."
+    return _reply(text, [_section(text)])
+
+
+def render_unwatched(job_id: str, was_watching: bool) -> Reply:
+    if was_watching:
+        text = f":mute: This channel no longer follows {_code(job_id)}."
+    else:
+        text = f"This channel does not follow {_code(job_id)}; nothing to stop."
+    return _reply(text, [_section(text)])
+
+
+def render_watch_list(rows: list[tuple[str, str | None, int | None]], now: int) -> Reply:
+    """`rows` are (job id, last known status, when the watch began)."""
+    if not rows:
+        text = "This channel follows no fine-tuning jobs. Start one with `/finetune create`, or follow one "
+        text += "with `/finetune watch ftjob-…`."
+        return _reply(text, [_section(text)])
+    lines = [
+        f"{_status(status or 'unknown')} {_code(job_id)} · following since {_when(since, now)}"
+        for job_id, status, since in rows
+    ]
+    header = f"*This channel follows {len(rows)} fine-tuning job{'s' if len(rows) != 1 else ''}:*"
+    blocks = [_section(header), *[_section(chunk) for chunk in _chunk(lines)][: MAX_BLOCKS - 2]]
+    return _reply(f"This channel follows {len(rows)} fine-tuning jobs", blocks)
+
+
+def render_outcome(
+    job: FineTuningJob, user_id: str, outcome: str, now: int, *, note: str | None = None
+) -> Reply:
+    """The one message that tells a channel how a job ended (threaded under its announcement)."""
+    who = _mention(user_id)
+    job_code = _code(job.id)
+    if outcome == "succeeded":
+        lines = [f":white_check_mark: {who} fine-tuning job {job_code} succeeded."]
+        if job.fine_tuned_model:
+            lines.append(f"Your model {_code(job.fine_tuned_model, NAME_CHARS)} is ready.")
+        details = []
+        if job.trained_tokens is not None:
+            details.append(f"{job.trained_tokens:,} trained tokens")
+        if job.finished_at is not None and job.created_at is not None:
+            details.append(f"took {duration_words(max(0, job.finished_at - job.created_at))}")
+        if details:
+            lines.append(" · ".join(details).capitalize())
+        text = f"Fine-tuning job {_clip(job.id, ID_CHARS)} succeeded"
+        if job.fine_tuned_model:
+            text += f": {_clip(job.fine_tuned_model, NAME_CHARS)} is ready"
+    elif outcome == "failed":
+        lines = [f":x: {who} fine-tuning job {job_code} failed."]
+        if job.error is not None:
+            code = _code(job.error.code, 80) if job.error.code else ""
+            message = _clip(job.error.message or "", ERROR_CHARS)
+            lines.append(" ".join(part for part in (code, message) if part))
+        else:
+            lines.append(
+                "OpenAI gave no reason; `/finetune events " + _clip(job.id, ID_CHARS) + "` may say more."
+            )
+        text = f"Fine-tuning job {_clip(job.id, ID_CHARS)} failed"
+    elif outcome == "cancelled":
+        when = date_token(job.finished_at) if job.finished_at is not None else "just now"
+        lines = [f":no_entry_sign: {who} fine-tuning job {job_code} was cancelled ({when})."]
+        text = f"Fine-tuning job {_clip(job.id, ID_CHARS)} was cancelled"
+    else:  # "missing": OpenAI no longer knows the job
+        lines = [
+            f":grey_question: {who} OpenAI no longer has fine-tuning job {job_code} (it may have been "
+            "deleted), so I've stopped following it."
+        ]
+        text = f"Fine-tuning job {_clip(job.id, ID_CHARS)} can no longer be found"
+    blocks = [_section("\n".join(lines))]
+    if note:
+        blocks.append(_context(note))
+    return _reply(text, blocks)
+
+
+def render_redirected_note(channel_id: str, reason: str) -> str:
+    """Why an outcome arrived by DM instead of in its channel (mrkdwn, for a context block)."""
+    where = f"<#{channel_id}>" if _CHANNEL_ID.fullmatch(channel_id) else "the channel"
+    why = _NOT_POSTED_REASONS.get(reason, f"Slack said {_code(reason, 60)}")
+    return (
+        f"I couldn't post this in {where} ({why}). Invite me with `/invite @finetune` so outcomes "
+        "land there next time."
+    )

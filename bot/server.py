@@ -1,0 +1,126 @@
+"""The one asyncio process: uvicorn serving Starlette, with Bolt, OpenAI and the scheduler inside.
+
+HTTP mode serves `POST /slack/events`; Socket Mode connects out to Slack instead. Both serve
+`GET /healthz` on PORT, so a platform's health check works the same in either mode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import logging
+import os
+import socket
+from collections.abc import AsyncIterator
+
+import uvicorn
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+from slack_bolt.adapter.starlette.async_handler import AsyncSlackRequestHandler
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from bot.config import Settings
+from bot.listeners import register_listeners
+from bot.notifier import Notifier
+from bot.openai_client import FineTuningClient, build_http_client
+from bot.poller import Poller
+from bot.runner import CommandRunner
+from bot.slack_app import build_app, build_slack_client
+from bot.store import Store
+
+log = logging.getLogger(__name__)
+
+
+def build_asgi(settings: Settings) -> Starlette:
+    http = build_http_client(
+        max_connections=settings.openai_max_connections, timeout=settings.openai_timeout_seconds
+    )
+    openai = FineTuningClient(
+        http,
+        api_key=settings.openai_api_key,
+        base_url=settings.openai_base_url,
+        organization=settings.openai_organization,
+        project=settings.openai_project,
+    )
+    slack_client = build_slack_client(settings)
+    app = build_app(settings, slack_client)
+    # Opening the database (and creating or upgrading its schema) happens before Slack traffic
+    # is accepted, so a bad DATABASE_URL stops the service at start, not at the first command.
+    store = Store.from_url(settings.database_url)
+    owner = f"{socket.gethostname()}:{settings.port}:{os.getpid()}"
+    # A lease outlives several cycles, so a slow cycle never hands a watch to another replica.
+    lease_ttl = max(60.0, 3 * settings.poll_interval_seconds)
+    if store.engine.dialect.name == "sqlite":
+        # SQLite means one process: leases left by a killed predecessor are ours to take now.
+        store.release_all_leases()
+    notifier = Notifier(store, slack_client, owner=owner, lease_ttl=lease_ttl)
+    poller = Poller(
+        store, openai, notifier, owner=owner, lease_ttl=lease_ttl, concurrency=settings.poll_concurrency
+    )
+    runner = CommandRunner(openai, slack_client, store)
+    register_listeners(app, runner, default_model=settings.default_model)
+    # APScheduler's own job stores are not shared between processes (its FAQ); the schedule is
+    # in memory and all coordination between replicas lives in our tables.
+    scheduler = AsyncIOScheduler(
+        job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30}
+    )
+    scheduler.add_job(
+        poller.cycle,
+        "interval",
+        seconds=settings.poll_interval_seconds,
+        id="poll",
+        # First cycle at once: it also delivers whatever a previous run owed and did not send.
+        next_run_time=datetime.datetime.now(datetime.UTC),
+    )
+    slack_handler = AsyncSlackRequestHandler(app)
+
+    async def slack_events(request: Request) -> Response:
+        return await slack_handler.handle(request)
+
+    async def healthz(_: Request) -> Response:
+        return JSONResponse({"ok": True, "mode": "socket" if settings.socket_mode else "http"})
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        socket_handler: AsyncSocketModeHandler | None = None
+        scheduler.start()
+        try:
+            if settings.socket_mode:
+                socket_handler = AsyncSocketModeHandler(app, settings.slack_app_token)
+                await socket_handler.connect_async()
+                log.info("connected to Slack in Socket Mode")
+            log.info(
+                "finetune-bot ready on port %d (%s mode)",
+                settings.port,
+                "socket" if settings.socket_mode else "http",
+            )
+            yield
+        finally:
+            if socket_handler is not None:
+                await socket_handler.close_async()
+            scheduler.shutdown(wait=False)
+            await http.aclose()
+            await asyncio.to_thread(store.close)
+            log.info("finetune-bot stopped")
+
+    routes = [Route("/healthz", healthz, methods=["GET"])]
+    if not settings.socket_mode:
+        routes.append(Route("/slack/events", slack_events, methods=["POST"]))
+    return Starlette(routes=routes, lifespan=lifespan)
+
+
+def serve(settings: Settings) -> None:
+    config = uvicorn.Config(
+        build_asgi(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,  # keep our handlers (and their secret redaction)
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=8,
+    )
+    uvicorn.Server(config).run()

@@ -1,0 +1,43 @@
+"""The Bolt `AsyncApp` and its Web API client, built from settings."""
+
+from __future__ import annotations
+
+import logging
+
+from slack_bolt.async_app import AsyncApp
+from slack_sdk.http_retry.builtin_async_handlers import (
+    AsyncConnectionErrorRetryHandler,
+    AsyncRateLimitErrorRetryHandler,
+    AsyncServerErrorRetryHandler,
+)
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.config import Settings
+
+
+def build_slack_client(settings: Settings) -> AsyncWebClient:
+    # slack_sdk retries nothing but connection errors by default; a 429 (`Retry-After`) or a 5xx
+    # from Slack should delay a message, not lose it.
+    return AsyncWebClient(
+        token=settings.slack_bot_token,
+        base_url=settings.slack_api_url,
+        timeout=10,
+        retry_handlers=[
+            AsyncConnectionErrorRetryHandler(max_retry_count=2),
+            AsyncRateLimitErrorRetryHandler(max_retry_count=3),
+            AsyncServerErrorRetryHandler(max_retry_count=2),
+        ],
+    )
+
+
+def build_app(settings: Settings, client: AsyncWebClient) -> AsyncApp:
+    return AsyncApp(
+        client=client,
+        # Socket Mode connections are authenticated by the app token; HTTP requests are verified
+        # with the signing secret (401 on a bad signature or a timestamp more than 5 minutes off).
+        signing_secret=settings.slack_signing_secret or "",
+        request_verification_enabled=not settings.socket_mode,
+        logger=logging.getLogger("bot.slack"),
+        # Acknowledge first, run the listener after: the HTTP response leaves as soon as ack() runs.
+        process_before_response=False,
+    )

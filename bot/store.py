@@ -1,0 +1,524 @@
+"""Durable state: which jobs each channel watches, and the outbox of notifications owed.
+
+SQLAlchemy Core on a synchronous engine; the async side calls it through `asyncio.to_thread`, so
+one slow query never blocks Slack acknowledgements. SQLite (WAL, busy timeout) serves one process;
+PostgreSQL serves several replicas, which divide the work with leases claimed under
+`SELECT … FOR UPDATE SKIP LOCKED` (SQLite has no row locks and needs none: one process).
+
+Exactly once: a notification is an outbox row with a unique key per (job, channel, outcome),
+written in the same transaction that ends the watch. Before posting, the row records where the
+attempt goes; after Slack accepts it, the row is marked sent. A row found with an attempt but no
+`sent_at` (the process died in between) is first checked against Slack (the message carries the
+key in its metadata) and only re-posted if Slack does not have it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+
+SCHEMA_VERSION = 1
+
+metadata = sa.MetaData()
+
+schema_info = sa.Table(
+    "finetune_schema",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("version", sa.Integer, nullable=False),
+)
+
+watches = sa.Table(
+    "finetune_watches",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("job_id", sa.String(80), nullable=False),
+    sa.Column("team_id", sa.String(64), nullable=False, default=""),
+    sa.Column("channel_id", sa.String(64), nullable=False),
+    sa.Column("announcement_ts", sa.String(64), nullable=True),
+    sa.Column("user_id", sa.String(64), nullable=False),
+    # "create" (started from Slack) or "watch" (followed with /finetune watch): the wording differs.
+    sa.Column("origin", sa.String(16), nullable=False, default="create"),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("job_created_at", sa.BigInteger, nullable=True),
+    sa.Column("last_status", sa.String(64), nullable=True),
+    sa.Column("ended_at", sa.Float, nullable=True),
+    sa.Column("end_reason", sa.String(200), nullable=True),
+    sa.Column("lease_owner", sa.String(64), nullable=True),
+    sa.Column("lease_expires_at", sa.Float, nullable=True),
+    sa.UniqueConstraint("job_id", "channel_id", name="uq_finetune_watches_job_channel"),
+)
+sa.Index("ix_finetune_watches_active", watches.c.ended_at, watches.c.lease_expires_at)
+
+outbox = sa.Table(
+    "finetune_outbox",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("key", sa.String(200), nullable=False, unique=True),
+    sa.Column("watch_id", sa.Integer, sa.ForeignKey("finetune_watches.id"), nullable=False),
+    sa.Column("job_id", sa.String(80), nullable=False),
+    sa.Column("outcome", sa.String(32), nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("attempt_channel", sa.String(64), nullable=True),
+    sa.Column("attempt_thread_ts", sa.String(64), nullable=True),
+    sa.Column("attempt_started_at", sa.Float, nullable=True),
+    sa.Column("next_attempt_at", sa.Float, nullable=True),
+    sa.Column("last_error", sa.String(500), nullable=True),
+    sa.Column("sent_at", sa.Float, nullable=True),
+    sa.Column("sent_channel", sa.String(64), nullable=True),
+    sa.Column("sent_ts", sa.String(64), nullable=True),
+    sa.Column("delivery_note", sa.String(200), nullable=True),
+    sa.Column("lease_owner", sa.String(64), nullable=True),
+    sa.Column("lease_expires_at", sa.Float, nullable=True),
+)
+sa.Index("ix_finetune_outbox_unsent", outbox.c.sent_at, outbox.c.lease_expires_at)
+
+replicas = sa.Table(
+    "finetune_replicas",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("heartbeat_at", sa.Float, nullable=False),
+)
+
+# Webhook deliveries already handled, so a redelivered `webhook-id` changes nothing.
+webhook_deliveries = sa.Table(
+    "finetune_webhook_deliveries",
+    metadata,
+    sa.Column("webhook_id", sa.String(200), primary_key=True),
+    sa.Column("received_at", sa.Float, nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class Watch:
+    id: int
+    job_id: str
+    team_id: str
+    channel_id: str
+    announcement_ts: str | None
+    user_id: str
+    origin: str
+    created_at: float
+    job_created_at: int | None
+    last_status: str | None
+    ended_at: float | None
+    end_reason: str | None
+
+    @classmethod
+    def from_row(cls, row: Any) -> Watch:
+        m = row._mapping
+        return cls(**{f: m[f] for f in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    id: int
+    key: str
+    watch_id: int
+    job_id: str
+    outcome: str
+    payload: dict[str, Any]
+    attempts: int
+    attempt_channel: str | None
+    attempt_thread_ts: str | None
+    attempt_started_at: float | None
+    sent_at: float | None
+    sent_channel: str | None
+    sent_ts: str | None
+    delivery_note: str | None
+
+    @classmethod
+    def from_row(cls, row: Any) -> OutboxItem:
+        m = dict(row._mapping)
+        m["payload"] = json.loads(m["payload"])
+        return cls(**{f: m[f] for f in cls.__dataclass_fields__})
+
+
+def outbox_key(job_id: str, channel_id: str, outcome: str) -> str:
+    return f"{job_id}:{channel_id}:{outcome}"
+
+
+def normalise_url(url: str) -> str:
+    """`postgresql://` means psycopg 3 here (SQLAlchemy's default PostgreSQL driver is psycopg2)."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def create_engine(url: str) -> Engine:
+    url = normalise_url(url)
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+        @sa.event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection: Any, _: Any) -> None:
+            # Let SQLAlchemy, not the sqlite3 module, decide when transactions begin (below).
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.close()
+
+        @sa.event.listens_for(engine, "begin")
+        def _begin_immediate(conn: Connection) -> None:
+            # Take the write lock up front: a read-then-write transaction (claiming a lease) must
+            # not find at its write that another thread changed the rows it read.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+
+
+class Store:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._postgres = engine.dialect.name == "postgresql"
+
+    @classmethod
+    def from_url(cls, url: str) -> Store:
+        store = cls(create_engine(url))
+        store.migrate()
+        return store
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def _tx(self) -> Iterator[Connection]:
+        with self.engine.begin() as conn:
+            yield conn
+
+    def _insert(self, table: sa.Table) -> Any:
+        return (postgresql.insert if self._postgres else sqlite.insert)(table)
+
+    # -- schema ----------------------------------------------------------------------------------
+
+    def migrate(self) -> None:
+        """Create what is missing, then step the schema version up. Each later version adds a
+        step here that alters in place; nothing is ever dropped and recreated."""
+        with self._tx() as conn:
+            if self._postgres:
+                # Two replicas starting together must not both create tables.
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(724011)"))
+            metadata.create_all(conn, checkfirst=True)
+            current = conn.execute(sa.select(schema_info.c.version).where(schema_info.c.id == 1)).scalar()
+            if current is None:
+                conn.execute(schema_info.insert().values(id=1, version=SCHEMA_VERSION))
+            elif current > SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"the database schema is version {current}, newer than this bot ({SCHEMA_VERSION})"
+                )
+            elif current < SCHEMA_VERSION:
+                # Future upgrade steps go here, one `if current < N:` block each.
+                conn.execute(schema_info.update().values(version=SCHEMA_VERSION))
+
+    def release_all_leases(self) -> None:
+        with self._tx() as conn:
+            conn.execute(watches.update().values(lease_owner=None, lease_expires_at=None))
+            conn.execute(
+                outbox.update()
+                .where(outbox.c.sent_at.is_(None))
+                .values(lease_owner=None, lease_expires_at=None)
+            )
+
+    # -- watches ---------------------------------------------------------------------------------
+
+    def add_watch(
+        self,
+        *,
+        job_id: str,
+        team_id: str,
+        channel_id: str,
+        user_id: str,
+        announcement_ts: str | None,
+        job_created_at: int | None,
+        status: str | None,
+        origin: str = "create",
+        now: float | None = None,
+    ) -> tuple[Watch, bool]:
+        """Start watching; returns the watch and whether it is new. Watching again a job this
+        channel already follows keeps the first watch (and its announcement)."""
+        now = time.time() if now is None else now
+        with self._tx() as conn:
+            inserted = conn.execute(
+                self._insert(watches)
+                .values(
+                    job_id=job_id,
+                    team_id=team_id,
+                    channel_id=channel_id,
+                    user_id=user_id,
+                    origin=origin,
+                    announcement_ts=announcement_ts,
+                    created_at=now,
+                    job_created_at=job_created_at,
+                    last_status=status,
+                )
+                .on_conflict_do_nothing(index_elements=["job_id", "channel_id"])
+                .returning(watches.c.id)
+            ).scalar()
+            if inserted is None:
+                # Watched before: revive it if it had been unwatched.
+                conn.execute(
+                    watches.update()
+                    .where(
+                        watches.c.job_id == job_id,
+                        watches.c.channel_id == channel_id,
+                        watches.c.end_reason.like("unwatched%"),
+                    )
+                    .values(ended_at=None, end_reason=None, lease_owner=None, lease_expires_at=None)
+                )
+            row = conn.execute(
+                sa.select(watches).where(watches.c.job_id == job_id, watches.c.channel_id == channel_id)
+            ).one()
+        return Watch.from_row(row), inserted is not None
+
+    def get_watch(self, job_id: str, channel_id: str) -> Watch | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(watches).where(watches.c.job_id == job_id, watches.c.channel_id == channel_id)
+            ).first()
+        return Watch.from_row(row) if row else None
+
+    def end_watch(self, watch_id: int, reason: str, now: float | None = None) -> bool:
+        now = time.time() if now is None else now
+        with self._tx() as conn:
+            result = conn.execute(
+                watches.update()
+                .where(watches.c.id == watch_id, watches.c.ended_at.is_(None))
+                .values(ended_at=now, end_reason=reason[:200], lease_owner=None, lease_expires_at=None)
+            )
+        return result.rowcount == 1
+
+    def channel_watches(self, channel_id: str, *, active_only: bool = True) -> list[Watch]:
+        query = sa.select(watches).where(watches.c.channel_id == channel_id)
+        if active_only:
+            query = query.where(watches.c.ended_at.is_(None))
+        with self.engine.connect() as conn:
+            return [Watch.from_row(r) for r in conn.execute(query.order_by(watches.c.id))]
+
+    def active_watches_for_job(self, job_id: str) -> list[Watch]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(watches).where(watches.c.job_id == job_id, watches.c.ended_at.is_(None))
+            )
+            return [Watch.from_row(r) for r in rows]
+
+    def set_status(self, watch_ids: Sequence[int], status: str) -> None:
+        if not watch_ids:
+            return
+        with self._tx() as conn:
+            conn.execute(watches.update().where(watches.c.id.in_(watch_ids)).values(last_status=status))
+
+    def heartbeat(self, replica_id: str, now: float, ttl: float) -> int:
+        """Record that this replica is alive; returns how many replicas are."""
+        with self._tx() as conn:
+            stmt = self._insert(replicas).values(id=replica_id, heartbeat_at=now)
+            conn.execute(stmt.on_conflict_do_update(index_elements=["id"], set_={"heartbeat_at": now}))
+            conn.execute(replicas.delete().where(replicas.c.heartbeat_at < now - 10 * ttl))
+            return int(
+                conn.execute(
+                    sa.select(sa.func.count())
+                    .select_from(replicas)
+                    .where(replicas.c.heartbeat_at >= now - ttl)
+                ).scalar_one()
+            )
+
+    def claim_watches(self, owner: str, *, now: float, ttl: float, live_replicas: int) -> list[Watch]:
+        """Renew this replica's leases and claim free ones up to a fair share of the active watches,
+        releasing any excess, so several replicas divide the work and a dead one's watches move on
+        once its leases expire."""
+        with self._tx() as conn:
+            active = conn.execute(
+                sa.select(sa.func.count()).select_from(watches).where(watches.c.ended_at.is_(None))
+            ).scalar_one()
+            share = max(1, math.ceil(active / max(1, live_replicas)))
+            mine = [
+                r.id
+                for r in conn.execute(
+                    sa.select(watches.c.id)
+                    .where(
+                        watches.c.ended_at.is_(None),
+                        watches.c.lease_owner == owner,
+                        watches.c.lease_expires_at >= now,
+                    )
+                    .order_by(watches.c.id)
+                )
+            ]
+            keep, release = mine[:share], mine[share:]
+            if release:
+                conn.execute(
+                    watches.update()
+                    .where(watches.c.id.in_(release), watches.c.lease_owner == owner)
+                    .values(lease_owner=None, lease_expires_at=None)
+                )
+            wanted = share - len(keep)
+            claimed: list[int] = []
+            if wanted > 0:
+                free = (
+                    sa.select(watches.c.id)
+                    .where(
+                        watches.c.ended_at.is_(None),
+                        sa.or_(watches.c.lease_expires_at.is_(None), watches.c.lease_expires_at < now),
+                    )
+                    .order_by(watches.c.id)
+                    .limit(wanted)
+                    .with_for_update(skip_locked=True)
+                )
+                claimed = [r.id for r in conn.execute(free)]
+            ids = keep + claimed
+            if ids:
+                conn.execute(
+                    watches.update()
+                    .where(watches.c.id.in_(ids))
+                    .values(lease_owner=owner, lease_expires_at=now + ttl)
+                )
+            rows = conn.execute(sa.select(watches).where(watches.c.id.in_(ids)).order_by(watches.c.id))
+            return [Watch.from_row(r) for r in rows]
+
+    # -- outbox ----------------------------------------------------------------------------------
+
+    def finish_watch(
+        self, watch: Watch, outcome: str, payload: dict[str, Any], now: float | None = None
+    ) -> bool:
+        """In one transaction: owe the channel a notification, and end the watch. The unique key
+        makes a second attempt (another replica, the webhook, a restart) a no-op."""
+        now = time.time() if now is None else now
+        with self._tx() as conn:
+            created = conn.execute(
+                self._insert(outbox)
+                .values(
+                    key=outbox_key(watch.job_id, watch.channel_id, outcome),
+                    watch_id=watch.id,
+                    job_id=watch.job_id,
+                    outcome=outcome,
+                    payload=json.dumps(payload, separators=(",", ":")),
+                    created_at=now,
+                    attempts=0,
+                )
+                .on_conflict_do_nothing(index_elements=["key"])
+                .returning(outbox.c.id)
+            ).scalar()
+            conn.execute(
+                watches.update()
+                .where(watches.c.id == watch.id, watches.c.ended_at.is_(None))
+                .values(
+                    ended_at=now,
+                    end_reason=outcome,
+                    last_status=payload.get("status") or outcome,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                )
+            )
+        return created is not None
+
+    def claim_outbox(self, owner: str, *, now: float, ttl: float, limit: int = 200) -> list[OutboxItem]:
+        with self._tx() as conn:
+            due = (
+                sa.select(outbox.c.id)
+                .where(
+                    outbox.c.sent_at.is_(None),
+                    sa.or_(outbox.c.next_attempt_at.is_(None), outbox.c.next_attempt_at <= now),
+                    sa.or_(
+                        outbox.c.lease_expires_at.is_(None),
+                        outbox.c.lease_expires_at < now,
+                        outbox.c.lease_owner == owner,
+                    ),
+                )
+                .order_by(outbox.c.id)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            )
+            ids = [r.id for r in conn.execute(due)]
+            if not ids:
+                return []
+            conn.execute(
+                outbox.update()
+                .where(outbox.c.id.in_(ids))
+                .values(lease_owner=owner, lease_expires_at=now + ttl)
+            )
+            rows = conn.execute(sa.select(outbox).where(outbox.c.id.in_(ids)).order_by(outbox.c.id))
+            return [OutboxItem.from_row(r) for r in rows]
+
+    def record_attempt(self, item_id: int, owner: str, channel: str, thread_ts: str | None) -> bool:
+        """Durably note where a post is about to go, before posting. False if the lease was lost."""
+        with self._tx() as conn:
+            result = conn.execute(
+                outbox.update()
+                .where(outbox.c.id == item_id, outbox.c.lease_owner == owner, outbox.c.sent_at.is_(None))
+                .values(
+                    attempt_channel=channel,
+                    attempt_thread_ts=thread_ts,
+                    attempt_started_at=time.time(),
+                    attempts=outbox.c.attempts + 1,
+                )
+            )
+        return result.rowcount == 1
+
+    def mark_sent(self, item_id: int, *, channel: str, ts: str | None, note: str | None = None) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                outbox.update()
+                .where(outbox.c.id == item_id, outbox.c.sent_at.is_(None))
+                .values(
+                    sent_at=time.time(),
+                    sent_channel=channel,
+                    sent_ts=ts,
+                    delivery_note=note[:200] if note else None,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                )
+            )
+
+    def defer(self, item_id: int, *, error: str, retry_in: float) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                outbox.update()
+                .where(outbox.c.id == item_id, outbox.c.sent_at.is_(None))
+                .values(
+                    last_error=error[:500],
+                    next_attempt_at=time.time() + retry_in,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                )
+            )
+
+    def outbox_items(self) -> list[OutboxItem]:
+        with self.engine.connect() as conn:
+            return [OutboxItem.from_row(r) for r in conn.execute(sa.select(outbox).order_by(outbox.c.id))]
+
+    def watch(self, watch_id: int) -> Watch | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(watches).where(watches.c.id == watch_id)).first()
+        return Watch.from_row(row) if row else None
+
+    # -- webhooks --------------------------------------------------------------------------------
+
+    def remember_webhook(self, webhook_id: str, now: float | None = None) -> bool:
+        """True the first time a webhook id is seen."""
+        now = time.time() if now is None else now
+        with self._tx() as conn:
+            conn.execute(
+                webhook_deliveries.delete().where(webhook_deliveries.c.received_at < now - 7 * 86400)
+            )
+            return (
+                conn.execute(
+                    self._insert(webhook_deliveries)
+                    .values(webhook_id=webhook_id[:200], received_at=now)
+                    .on_conflict_do_nothing(index_elements=["webhook_id"])
+                    .returning(webhook_deliveries.c.webhook_id)
+                ).scalar()
+                is not None
+            )
