@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 from collections.abc import AsyncIterator
+from typing import Any
 
 import uvicorn
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -113,6 +114,14 @@ def build_asgi(settings: Settings) -> Starlette:
     return Starlette(routes=routes, lifespan=lifespan)
 
 
+class _Server(uvicorn.Server):
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        # SIGTERM is a platform's normal "stop" (Heroku sends it on every deploy): shut down
+        # gracefully and exit 0, instead of uvicorn's default of re-raising the signal afterwards.
+        super().handle_exit(sig, frame)
+        self._captured_signals.clear()
+
+
 def serve(settings: Settings) -> None:
     config = uvicorn.Config(
         build_asgi(settings),
@@ -123,4 +132,4 @@ def serve(settings: Settings) -> None:
         lifespan="on",
         timeout_graceful_shutdown=8,
     )
-    uvicorn.Server(config).run()
+    _Server(config).run()

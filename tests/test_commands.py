@@ -60,10 +60,19 @@ def parse(text: str):
                 hyperparameters={"beta": 0.1, "n_epochs": "auto"},
             ),
         ),
-        ("create file-abc seed=0 epochs=50 batch_size=256", CreateCommand(
-            training_file="file-abc", model=MODEL, seed=0,
-            hyperparameters={"n_epochs": 50, "batch_size": 256})),
-        ("create file-abc seed=2147483647", CreateCommand(training_file="file-abc", model=MODEL, seed=2147483647)),
+        (
+            "create file-abc seed=0 epochs=50 batch_size=256",
+            CreateCommand(
+                training_file="file-abc",
+                model=MODEL,
+                seed=0,
+                hyperparameters={"n_epochs": 50, "batch_size": 256},
+            ),
+        ),
+        (
+            "create file-abc seed=2147483647",
+            CreateCommand(training_file="file-abc", model=MODEL, seed=2147483647),
+        ),
     ],
 )
 def test_valid_commands(text: str, expected: object) -> None:

@@ -1,0 +1,35 @@
+"""Shared pytest fixtures: a fresh fake OpenAI and fake Slack per test (each starts in a few ms)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+# tests/ has no __init__.py, so pytest puts tests/ (not the repo root) on sys.path. Adding the root
+# keeps `from tests.fakes import ...` working however pytest is launched (pytest, python -m pytest).
+_REPO_ROOT = str(Path(__file__).resolve().parents[1])
+if _REPO_ROOT not in sys.path:
+    sys.path.insert(0, _REPO_ROOT)
+
+from tests.fakes import FakeOpenAI, FakeSlack  # noqa: E402 - needs the sys.path entry above
+
+
+@pytest.fixture
+def fake_openai() -> Iterator[FakeOpenAI]:
+    """A running FakeOpenAI; point the bot at ``fake_openai.base_url`` with ``fake_openai.api_key``.
+
+    Fails the test on teardown if the fake ever produced a response that violates the spec.
+    """
+    with FakeOpenAI() as fake:
+        yield fake
+        assert fake.schema_errors == [], "FakeOpenAI answered with spec-invalid responses"
+
+
+@pytest.fixture
+def fake_slack() -> Iterator[FakeSlack]:
+    """A running FakeSlack; use ``fake_slack.api_url`` as slack_sdk's base_url."""
+    with FakeSlack() as fake:
+        yield fake

@@ -1,0 +1,926 @@
+"""A fake Slack: Web API (``/api/<method>``), response_url receiver and Socket Mode websocket.
+
+Point slack_sdk at it with ``AsyncWebClient(token=..., base_url=fake.api_url)``; Socket Mode clients
+find the websocket through ``apps.connections.open`` exactly as they do against Slack.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import math
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from ._server import FakeServer
+
+DEFAULT_BOT_TOKEN = "xoxb-test-fake-bot-token"
+DEFAULT_APP_TOKEN = "xapp-test-fake-app-token"
+TEAM_ID = "T0001"
+TEAM_NAME = "Acme"
+TEAM_DOMAIN = "acme"
+BOT_USER_ID = "U0BOT"
+BOT_USER_NAME = "finetune"
+BOT_ID = "B0001"
+APP_ID = "A0001"
+
+TokenKind = Literal["bot", "app"]
+MethodHandler = Callable[[dict[str, Any]], dict[str, Any]]
+
+# Slack's documented limits that most often bite bots building Block Kit messages.
+_MAX_TEXT = 40_000
+_MAX_BLOCKS = 50
+_MAX_SECTION_TEXT = 3000
+_MAX_FIELD_TEXT = 2000
+_MAX_FIELDS = 10
+_MAX_HEADER_TEXT = 150
+_MAX_BLOCK_ID = 255
+
+
+@dataclass
+class RecordedCall:
+    method: str  # e.g. "chat.postMessage"
+    params: dict[str, Any]  # query + body merged; JSON-string blocks/attachments decoded; no token
+    headers: dict[str, str]  # lower-case names
+    time: float
+    token: str | None
+    status: int | None = None  # HTTP status once answered
+    response: dict[str, Any] | None = None
+
+
+@dataclass
+class RecordedMessage:
+    channel: str  # as returned to the caller (a user id "U1" becomes its DM "DU1")
+    ts: str
+    text: str | None
+    blocks: list[dict[str, Any]] | None
+    thread_ts: str | None
+    reply_broadcast: bool
+    params: dict[str, Any]
+    time: float
+    attachments: list[dict[str, Any]] | None = None
+    edits: int = 0  # how many chat.update calls changed it; text/blocks hold the latest version
+
+
+@dataclass
+class RecordedUpdate:
+    channel: str
+    ts: str
+    text: str | None
+    blocks: list[dict[str, Any]] | None
+    params: dict[str, Any]
+    time: float
+
+
+@dataclass
+class RecordedEphemeral:
+    channel: str
+    user: str
+    message_ts: str
+    text: str | None
+    blocks: list[dict[str, Any]] | None
+    thread_ts: str | None
+    params: dict[str, Any]
+    time: float
+
+
+@dataclass
+class RecordedResponse:
+    key: str
+    json: Any  # parsed body (None if it was not JSON)
+    body: str
+    headers: dict[str, str]
+    time: float
+    status: int | None = None
+
+
+@dataclass
+class SlackFault:
+    method: str  # API method name, "*" for any API method, or "response_url"
+    error: str | None
+    status: int | None
+    retry_after: int | None
+    remaining: int
+    channel: str | None = None
+
+    def matches(self, method: str, channel: str | None) -> bool:
+        if self.method == "response_url" or method == "response_url":
+            if self.method != method:
+                return False
+        elif self.method not in ("*", method):
+            return False
+        return self.channel is None or self.channel == channel
+
+
+@dataclass
+class _CustomMethod:
+    handler: MethodHandler
+    token: TokenKind = "bot"
+
+
+class _SlackError(Exception):
+    def __init__(self, error: str, **extra: Any) -> None:
+        super().__init__(error)
+        self.body = {"ok": False, "error": error, **extra}
+
+
+class FakeSlack(FakeServer):
+    """Fake Slack Web API + response_url + Socket Mode on 127.0.0.1.
+
+    Accessors (``calls``, ``messages``...) return snapshot lists. Web API errors are HTTP 200 with
+    ``{"ok": false, "error": ...}`` like Slack; only injected faults and rate limits use other codes.
+    """
+
+    def __init__(
+        self,
+        bot_token: str = DEFAULT_BOT_TOKEN,
+        app_token: str = DEFAULT_APP_TOKEN,
+        *,
+        rate_limit_per_channel: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.bot_token = bot_token
+        self.app_token = app_token
+        # Seconds slept before answering every Web API / response_url request; settable any time.
+        self.latency: float = 0.0
+        # chat.postMessage calls per second allowed per channel (None = unlimited); beyond it: 429.
+        self.rate_limit_per_channel = rate_limit_per_channel
+        self._builtin: dict[str, tuple[MethodHandler, TokenKind]] = {
+            "auth.test": (self._auth_test, "bot"),
+            "chat.postMessage": (self._chat_post_message, "bot"),
+            "chat.update": (self._chat_update, "bot"),
+            "chat.postEphemeral": (self._chat_post_ephemeral, "bot"),
+            "conversations.open": (self._conversations_open, "bot"),
+            "users.info": (self._users_info, "bot"),
+            "apps.connections.open": (self._apps_connections_open, "app"),
+        }
+        self._sockets: list[web.WebSocketResponse] = []
+        self._init_state()
+
+    def _init_state(self) -> None:
+        self._ts_counter = itertools.count(1)
+        self._trigger_counter = itertools.count(1)
+        self._custom: dict[str, _CustomMethod] = {}
+        self._users: dict[str, dict[str, Any]] = {}
+        self._calls: list[RecordedCall] = []
+        self._messages: list[RecordedMessage] = []
+        self._updates: list[RecordedUpdate] = []
+        self._ephemerals: list[RecordedEphemeral] = []
+        self._responses: list[RecordedResponse] = []
+        self._socket_acks: list[dict[str, Any]] = []
+        self._envelopes: list[dict[str, Any]] = []
+        self._faults: list[SlackFault] = []
+        self._last_post: dict[str, float] = {}
+        self._connection_count = 0
+
+    def reset(self) -> None:
+        """Clear recorded traffic, faults, latency, rate limit and custom methods/users.
+
+        Open Socket Mode connections are left alone (their count restarts at the current number).
+        """
+        self.cancel_inflight()
+        with self.lock:
+            self.latency = 0.0
+            self.rate_limit_per_channel = None
+            self._init_state()
+            self._connection_count = self.connected
+
+    # -- public views ---------------------------------------------------------------------------
+
+    @property
+    def api_url(self) -> str:
+        return f"{self.origin}/api/"
+
+    @property
+    def socket_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/socket"
+
+    @property
+    def calls(self) -> list[RecordedCall]:
+        with self.lock:
+            return list(self._calls)
+
+    @property
+    def messages(self) -> list[RecordedMessage]:
+        with self.lock:
+            return list(self._messages)
+
+    @property
+    def updates(self) -> list[RecordedUpdate]:
+        with self.lock:
+            return list(self._updates)
+
+    @property
+    def ephemerals(self) -> list[RecordedEphemeral]:
+        with self.lock:
+            return list(self._ephemerals)
+
+    @property
+    def responses(self) -> list[RecordedResponse]:
+        with self.lock:
+            return list(self._responses)
+
+    @property
+    def socket_acks(self) -> list[dict[str, Any]]:
+        """Every JSON text frame received from Socket Mode clients (acks: {"envelope_id", "payload"?})."""
+        with self.lock:
+            return list(self._socket_acks)
+
+    @property
+    def envelopes(self) -> list[dict[str, Any]]:
+        """Every frame sent with send_envelope()/send_disconnect()."""
+        with self.lock:
+            return list(self._envelopes)
+
+    @property
+    def connected(self) -> int:
+        """Number of currently open Socket Mode connections (counted once hello was sent)."""
+        with self.lock:
+            return sum(1 for ws in self._sockets if not ws.closed)
+
+    @property
+    def connection_count(self) -> int:
+        """Total Socket Mode connections accepted so far (reconnects included)."""
+        with self.lock:
+            return self._connection_count
+
+    def calls_to(self, method: str) -> list[RecordedCall]:
+        return [c for c in self.calls if c.method == method]
+
+    def messages_in(self, channel: str, thread_ts: str | None = None) -> list[RecordedMessage]:
+        return [
+            m
+            for m in self.messages
+            if m.channel == _resolve_channel(channel) and (thread_ts is None or m.thread_ts == thread_ts)
+        ]
+
+    def responses_for(self, key: str) -> list[RecordedResponse]:
+        return [r for r in self.responses if r.key == key]
+
+    def describe(self) -> str:
+        with self.lock:
+            lines = [f"  web api calls ({len(self._calls)}, last 15):"]
+            for c in self._calls[-15:]:
+                outcome = c.response.get("error", "ok") if isinstance(c.response, dict) else "-"
+                lines.append(f"    {c.method} channel={c.params.get('channel')} -> {c.status} {outcome}")
+            lines.append(
+                f"  messages: {len(self._messages)}, updates: {len(self._updates)}, "
+                f"response_url posts: {len(self._responses)}"
+            )
+            lines.append(
+                f"  sockets open: {sum(1 for ws in self._sockets if not ws.closed)}, "
+                f"acks: {[a.get('envelope_id') for a in self._socket_acks]}"
+            )
+        return "\n".join(lines)
+
+    # -- configuration --------------------------------------------------------------------------
+
+    def add_method(
+        self,
+        name: str,
+        response: dict[str, Any] | MethodHandler,
+        *,
+        token: TokenKind = "bot",
+    ) -> None:
+        """Serve another Web API method: a fixed response dict or a function of the params."""
+        handler: MethodHandler = response if callable(response) else (lambda _params, r=response: dict(r))
+        with self.lock:
+            self._custom[name] = _CustomMethod(handler, token)
+
+    def add_user(self, user_id: str, name: str, **fields: Any) -> dict[str, Any]:
+        """Register a user for users.info (unknown ids still get a generated profile)."""
+        user = {**_default_user(user_id, name), **fields}
+        with self.lock:
+            self._users[user_id] = user
+        return dict(user)
+
+    def fail_next(
+        self,
+        method: str,
+        *,
+        error: str | None = None,
+        status: int | None = None,
+        retry_after: int | None = None,
+        times: int = 1,
+        channel: str | None = None,
+    ) -> SlackFault:
+        """Fail the next ``times`` calls of ``method`` ("*" = any API method; "response_url").
+
+        ``error`` alone -> HTTP 200 ``{"ok": false, "error": error}``; ``status`` -> that HTTP status
+        (body ``{"ok": false, "error": ...}``); ``retry_after`` -> Retry-After header, and status
+        429 unless given. ``channel`` restricts the fault to calls for that channel.
+        """
+        if times < 1:
+            raise ValueError("times must be >= 1")
+        if status is None and retry_after is not None:
+            status = 429
+        if status is None and error is None:
+            error = "internal_error"
+        fault = SlackFault(method, error, status, retry_after, times, channel)
+        with self.lock:
+            self._faults.append(fault)
+        return fault
+
+    def clear(self) -> None:
+        """Forget the traffic logs (calls, responses, socket_acks, envelopes). Posted messages are
+        state that chat.update relies on, so they stay; reset() clears everything."""
+        with self.lock:
+            self._calls.clear()
+            self._responses.clear()
+            self._socket_acks.clear()
+            self._envelopes.clear()
+
+    def clear_faults(self) -> None:
+        with self.lock:
+            self._faults.clear()
+
+    def _take_fault(self, method: str, channel: str | None) -> SlackFault | None:
+        with self.lock:
+            for fault in self._faults:
+                if fault.matches(method, channel):
+                    fault.remaining -= 1
+                    if fault.remaining <= 0:
+                        self._faults.remove(fault)
+                    return fault
+        return None
+
+    # -- response_url ---------------------------------------------------------------------------
+
+    def response_url(self, key: str | None = None) -> str:
+        """A fresh response_url; POSTs to it are recorded under ``key`` (default: a uuid)."""
+        return f"{self.origin}/response/{key or uuid.uuid4().hex}"
+
+    @staticmethod
+    def response_key(url: str) -> str:
+        return url.rstrip("/").rsplit("/", 1)[-1]
+
+    # -- slash commands / Socket Mode -----------------------------------------------------------
+
+    def slash_command_payload(
+        self,
+        text: str,
+        *,
+        command: str = "/finetune",
+        user_id: str = "U123",
+        user_name: str = "alice",
+        channel_id: str = "C123",
+        channel_name: str = "ml",
+        team_id: str = TEAM_ID,
+        response_url: str | None = None,
+        trigger_id: str | None = None,
+    ) -> dict[str, str]:
+        """The form fields Slack sends for a slash command (also the Socket Mode payload)."""
+        n = next(self._trigger_counter)
+        return {
+            "token": "fake-verification-token",  # legacy field Slack still sends
+            "team_id": team_id,
+            "team_domain": TEAM_DOMAIN,
+            "channel_id": channel_id,
+            "channel_name": channel_name,
+            "user_id": user_id,
+            "user_name": user_name,
+            "command": command,
+            "text": text,
+            "api_app_id": APP_ID,
+            "is_enterprise_install": "false",
+            "response_url": response_url or self.response_url(),
+            "trigger_id": trigger_id or f"{1000000 + n}.{TEAM_ID[1:]}.{uuid.uuid4().hex}",
+        }
+
+    def wait_connected(self, timeout: float = 5.0) -> None:
+        self.wait_for(lambda s: s.connected > 0, timeout, message="a Socket Mode client to connect")
+
+    async def wait_connected_async(self, timeout: float = 5.0) -> None:
+        await self.wait_for_async(
+            lambda s: s.connected > 0, timeout, message="a Socket Mode client to connect"
+        )
+
+    def send_envelope(
+        self,
+        type: str,
+        payload: dict[str, Any],
+        accepts_response_payload: bool = True,
+        *,
+        timeout: float = 5.0,
+        extra: dict[str, Any] | None = None,
+    ) -> str:
+        """Send an envelope to the newest Socket Mode connection and return its envelope_id.
+
+        Waits up to ``timeout`` for a connection. Like Slack, each envelope goes to one connection.
+        ``extra`` adds top-level fields (e.g. retry_attempt/retry_reason for events_api).
+        """
+        if self.connected == 0:
+            self.wait_connected(timeout)
+        envelope = self._build_envelope(type, payload, accepts_response_payload, extra)
+        if self._run(self._send_frame(envelope, broadcast=False)) == 0:
+            raise AssertionError("no open Socket Mode connection to send the envelope to")
+        return envelope["envelope_id"]
+
+    async def send_envelope_async(
+        self,
+        type: str,
+        payload: dict[str, Any],
+        accepts_response_payload: bool = True,
+        *,
+        timeout: float = 5.0,
+        extra: dict[str, Any] | None = None,
+    ) -> str:
+        """send_envelope for async tests: waiting for the connection yields to the caller's loop."""
+        if self.connected == 0:
+            await self.wait_connected_async(timeout)
+        envelope = self._build_envelope(type, payload, accepts_response_payload, extra)
+        if await self._run_async(self._send_frame(envelope, broadcast=False)) == 0:
+            raise AssertionError("no open Socket Mode connection to send the envelope to")
+        return envelope["envelope_id"]
+
+    def send_slash_command(self, text: str, **payload_args: Any) -> str:
+        """send_envelope("slash_commands", slash_command_payload(text, ...)); returns the envelope_id."""
+        return self.send_envelope("slash_commands", self.slash_command_payload(text, **payload_args))
+
+    def wait_for_ack(self, envelope_id: str, timeout: float = 5.0) -> dict[str, Any]:
+        return self.wait_for(
+            lambda s: s._ack_for(envelope_id), timeout, message=f"an ack of envelope {envelope_id}"
+        )
+
+    async def wait_for_ack_async(self, envelope_id: str, timeout: float = 5.0) -> dict[str, Any]:
+        return await self.wait_for_async(
+            lambda s: s._ack_for(envelope_id), timeout, message=f"an ack of envelope {envelope_id}"
+        )
+
+    def send_disconnect(self, reason: str = "refresh_requested") -> None:
+        """Ask every connected client to reconnect, as Slack does before rotating a socket."""
+        frame = {"type": "disconnect", "reason": reason, "debug_info": {"host": "fake-slack"}}
+        self._run(self._send_frame(frame, broadcast=True))
+
+    def close_connections(self) -> None:
+        """Drop every Socket Mode connection (clients should reconnect via apps.connections.open)."""
+        self._run(self._close_sockets())
+
+    def _ack_for(self, envelope_id: str) -> dict[str, Any] | None:
+        return next((a for a in self.socket_acks if a.get("envelope_id") == envelope_id), None)
+
+    @staticmethod
+    def _build_envelope(
+        type: str, payload: dict[str, Any], accepts_response_payload: bool, extra: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        return {
+            "envelope_id": str(uuid.uuid4()),
+            "type": type,
+            "payload": payload,
+            "accepts_response_payload": accepts_response_payload,
+            **(extra or {}),
+        }
+
+    async def _send_frame(self, frame: dict[str, Any], *, broadcast: bool) -> int:
+        with self.lock:
+            targets = [ws for ws in self._sockets if not ws.closed]
+            self._envelopes.append(frame)
+        if not broadcast:
+            targets = targets[-1:]
+        for ws in targets:
+            await ws.send_json(frame)
+        return len(targets)
+
+    async def _close_sockets(self) -> None:
+        with self.lock:
+            sockets = list(self._sockets)
+        for ws in sockets:
+            await ws.close(code=WSCloseCode.GOING_AWAY, message=b"fake slack closing")
+
+    async def _on_stop(self) -> None:
+        await self._close_sockets()
+
+    # -- HTTP plumbing --------------------------------------------------------------------------
+
+    def _make_app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_route("*", "/api/{method}", self._handle_api)
+        app.router.add_post("/response/{key}", self._handle_response_url)
+        app.router.add_get("/socket", self._handle_socket)
+        return app
+
+    async def _handle_api(self, request: web.Request) -> web.StreamResponse:
+        method = request.match_info["method"]
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        call = RecordedCall(method=method, params={}, headers=headers, time=time.time(), token=None)
+        with self.lock:
+            self._calls.append(call)
+        try:
+            params = await _read_params(request)
+        except _SlackError as exc:
+            return self._finish(call, 200, exc.body)
+        token = params.pop("token", None)
+        auth = request.headers.get("Authorization", "")
+        if auth.lower().startswith("bearer "):
+            token = auth[7:].strip()
+        call.params, call.token = params, token
+
+        if self.latency > 0:
+            await asyncio.sleep(self.latency)
+        fault = self._take_fault(method, params.get("channel"))
+        if fault is not None:
+            return self._fault_response(call, fault)
+
+        with self.lock:
+            custom = self._custom.get(method)
+        if custom is not None:
+            handler, kind = custom.handler, custom.token
+        elif method in self._builtin:
+            handler, kind = self._builtin[method]
+        else:
+            return self._finish(call, 200, {"ok": False, "error": "unknown_method"})
+
+        problem = self._auth_problem(token, kind)
+        if problem:
+            return self._finish(call, 200, {"ok": False, "error": problem})
+        if method == "chat.postMessage":
+            wait = self._rate_limited(str(params.get("channel", "")))
+            if wait is not None:
+                return self._finish(
+                    call, 429, {"ok": False, "error": "ratelimited"}, {"Retry-After": str(wait)}
+                )
+        try:
+            with self.lock:
+                result = handler(params)
+        except _SlackError as exc:
+            result = exc.body
+        return self._finish(call, 200, result)
+
+    def _finish(
+        self, call: RecordedCall, status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+    ) -> web.Response:
+        call.status, call.response = status, body
+        return web.json_response(body, status=status, headers=headers)
+
+    def _fault_response(self, call: RecordedCall, fault: SlackFault) -> web.Response:
+        headers = {}
+        if fault.retry_after is not None:
+            headers["Retry-After"] = str(fault.retry_after)
+        elif fault.status == 429:
+            headers["Retry-After"] = "1"  # Slack always says when to come back
+        if fault.status is None:
+            return self._finish(call, 200, {"ok": False, "error": fault.error})
+        error = fault.error or ("ratelimited" if fault.status == 429 else "internal_error")
+        return self._finish(call, fault.status, {"ok": False, "error": error}, headers)
+
+    def _auth_problem(self, token: str | None, kind: TokenKind) -> str | None:
+        if not token:
+            return "not_authed"
+        if token not in (self.bot_token, self.app_token):
+            return "invalid_auth"
+        expected = self.app_token if kind == "app" else self.bot_token
+        return None if token == expected else "not_allowed_token_type"
+
+    def _rate_limited(self, channel: str) -> int | None:
+        rate = self.rate_limit_per_channel
+        if not rate:
+            return None
+        now = time.monotonic()
+        interval = 1.0 / rate
+        with self.lock:
+            last = self._last_post.get(channel)
+            if last is not None and now - last < interval:
+                return max(1, math.ceil(interval - (now - last)))
+            self._last_post[channel] = now
+        return None
+
+    async def _handle_response_url(self, request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
+        text = raw.decode("utf-8", errors="replace")
+        parsed: Any = None
+        if request.content_type == "application/json":
+            try:
+                parsed = json.loads(text)
+            except ValueError:
+                parsed = None
+        rec = RecordedResponse(
+            key=request.match_info["key"],
+            json=parsed,
+            body=text,
+            headers={k.lower(): v for k, v in request.headers.items()},
+            time=time.time(),
+        )
+        with self.lock:
+            self._responses.append(rec)
+        if self.latency > 0:
+            await asyncio.sleep(self.latency)
+        fault = self._take_fault("response_url", None)
+        if fault is not None:
+            status = fault.status or (404 if fault.error else 500)
+            headers = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
+            body = fault.error or {404: "expired_url", 429: "rate_limited"}.get(status, "internal_error")
+            rec.status = status
+            return web.Response(status=status, text=body, headers=headers)
+        if not isinstance(parsed, dict):
+            # Slack only accepts JSON objects on response_url.
+            rec.status = 400
+            return web.Response(status=400, text="invalid_payload")
+        rec.status = 200
+        return web.Response(text="ok")
+
+    async def _handle_socket(self, request: web.Request) -> web.StreamResponse:
+        # autoping answers the client's "sdk-ping-pong:<t>" pings with matching pongs, which
+        # slack_sdk's aiohttp client uses to decide the connection is alive.
+        # timeout bounds the close handshake, so stop() cannot stall on a client that stopped reading.
+        ws = web.WebSocketResponse(autoping=True, timeout=1.0)
+        await ws.prepare(request)
+        with self.lock:
+            open_now = sum(1 for s in self._sockets if not s.closed) + 1
+        await ws.send_json(
+            {
+                "type": "hello",
+                "num_connections": open_now,
+                "debug_info": {"host": "fake-slack", "build_number": 1, "approximate_connection_time": 18060},
+                "connection_info": {"app_id": APP_ID},
+            }
+        )
+        # Registered only after hello went out, so connected > 0 means the client saw hello.
+        with self.lock:
+            self._sockets.append(ws)
+            self._connection_count += 1
+        try:
+            async for msg in ws:
+                if msg.type != WSMsgType.TEXT:
+                    continue
+                try:
+                    frame = json.loads(msg.data)
+                except ValueError:
+                    frame = None
+                with self.lock:
+                    self._socket_acks.append(frame if isinstance(frame, dict) else {"_raw": msg.data})
+        finally:
+            with self.lock:
+                if ws in self._sockets:
+                    self._sockets.remove(ws)
+        return ws
+
+    # -- Web API methods (called with self.lock held) -------------------------------------------
+
+    def _next_ts(self) -> str:
+        micros = next(self._ts_counter) * 100
+        return f"{1_700_000_000 + micros // 1_000_000}.{micros % 1_000_000:06d}"
+
+    def _auth_test(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "ok": True,
+            "url": f"https://{TEAM_DOMAIN}.slack.com/",
+            "team": TEAM_NAME,
+            "user": BOT_USER_NAME,
+            "team_id": TEAM_ID,
+            "user_id": BOT_USER_ID,
+            "bot_id": BOT_ID,
+            "is_enterprise_install": False,
+        }
+
+    def _chat_post_message(self, params: dict[str, Any]) -> dict[str, Any]:
+        channel = params.get("channel")
+        if not channel:
+            raise _SlackError("channel_not_found")
+        text, blocks, attachments = _message_content(params, require=True)
+        channel_id = _resolve_channel(str(channel))
+        ts = self._next_ts()
+        thread_ts = params.get("thread_ts") or None
+        message: dict[str, Any] = {
+            "type": "message",
+            "text": text or "",
+            "user": BOT_USER_ID,
+            "bot_id": BOT_ID,
+            "app_id": APP_ID,
+            "team": TEAM_ID,
+            "ts": ts,
+        }
+        if blocks is not None:
+            message["blocks"] = blocks
+        if attachments is not None:
+            message["attachments"] = attachments
+        if thread_ts:
+            message["thread_ts"] = thread_ts
+        self._messages.append(
+            RecordedMessage(
+                channel=channel_id,
+                ts=ts,
+                text=text,
+                blocks=blocks,
+                thread_ts=thread_ts,
+                reply_broadcast=_truthy(params.get("reply_broadcast")),
+                params=params,
+                time=time.time(),
+                attachments=attachments,
+            )
+        )
+        return {"ok": True, "channel": channel_id, "ts": ts, "message": message}
+
+    def _chat_update(self, params: dict[str, Any]) -> dict[str, Any]:
+        channel, ts = params.get("channel"), params.get("ts")
+        if not channel:
+            raise _SlackError("channel_not_found")
+        if not ts:
+            raise _SlackError("message_not_found")
+        channel_id = _resolve_channel(str(channel))
+        target = next((m for m in self._messages if m.channel == channel_id and m.ts == ts), None)
+        if target is None:
+            raise _SlackError("message_not_found")
+        text, blocks, attachments = _message_content(params, require=True)
+        if text is not None:
+            target.text = text
+        if blocks is not None:
+            target.blocks = blocks
+        if attachments is not None:
+            target.attachments = attachments
+        target.edits += 1
+        self._updates.append(RecordedUpdate(channel_id, str(ts), text, blocks, params, time.time()))
+        message = {"text": target.text or "", "user": BOT_USER_ID, "bot_id": BOT_ID}
+        if target.blocks is not None:
+            message["blocks"] = target.blocks
+        return {"ok": True, "channel": channel_id, "ts": ts, "text": target.text or "", "message": message}
+
+    def _chat_post_ephemeral(self, params: dict[str, Any]) -> dict[str, Any]:
+        channel, user = params.get("channel"), params.get("user")
+        if not channel:
+            raise _SlackError("channel_not_found")
+        if not user:
+            raise _SlackError("user_not_in_channel")
+        text, blocks, _ = _message_content(params, require=True)
+        ts = self._next_ts()
+        self._ephemerals.append(
+            RecordedEphemeral(
+                channel=_resolve_channel(str(channel)),
+                user=str(user),
+                message_ts=ts,
+                text=text,
+                blocks=blocks,
+                thread_ts=params.get("thread_ts") or None,
+                params=params,
+                time=time.time(),
+            )
+        )
+        return {"ok": True, "message_ts": ts}
+
+    def _conversations_open(self, params: dict[str, Any]) -> dict[str, Any]:
+        if params.get("channel"):
+            return {"ok": True, "no_op": True, "already_open": True, "channel": {"id": params["channel"]}}
+        users = params.get("users")
+        ids = users if isinstance(users, list) else [u for u in str(users or "").split(",") if u]
+        if not ids:
+            raise _SlackError("users_list_not_supplied")
+        channel_id = "D" + ids[0] if len(ids) == 1 else "G" + "".join(ids)
+        return {"ok": True, "no_op": False, "already_open": False, "channel": {"id": channel_id}}
+
+    def _users_info(self, params: dict[str, Any]) -> dict[str, Any]:
+        user_id = params.get("user")
+        if not user_id:
+            raise _SlackError("user_not_found")
+        user = self._users.get(str(user_id)) or _default_user(str(user_id), str(user_id).lower())
+        return {"ok": True, "user": dict(user)}
+
+    def _apps_connections_open(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {"ok": True, "url": self.socket_url}
+
+
+async def _read_params(request: web.Request) -> dict[str, Any]:
+    """Merge query string and body the way Slack does: form or JSON bodies are both accepted."""
+    params: dict[str, Any] = dict(request.query)
+    if request.body_exists:
+        if request.content_type == "application/json":
+            raw = await request.read()
+            try:
+                body = json.loads(raw) if raw.strip() else {}
+            except ValueError:
+                raise _SlackError("invalid_json") from None
+            if not isinstance(body, dict):
+                raise _SlackError("invalid_json")
+            params.update(body)
+        else:
+            form = await request.post()
+            for key, value in form.items():
+                params[key] = value if isinstance(value, str) else "<file>"
+    # Form bodies carry structured arguments as JSON strings; tests want the structure.
+    for key in ("blocks", "attachments", "metadata"):
+        value = params.get(key)
+        if isinstance(value, str) and value.strip()[:1] in ("[", "{"):
+            # Left as a string when malformed; the method handler reports it.
+            with contextlib.suppress(ValueError):
+                params[key] = json.loads(value)
+    return params
+
+
+def _message_content(
+    params: dict[str, Any], *, require: bool
+) -> tuple[str | None, list[dict[str, Any]] | None, list[dict[str, Any]] | None]:
+    text = params.get("text")
+    text = str(text) if text is not None else None
+    blocks = params.get("blocks")
+    attachments = params.get("attachments")
+    if blocks is not None:
+        if not isinstance(blocks, list):
+            raise _SlackError("invalid_blocks_format")
+        errors = _block_errors(blocks)
+        if errors:
+            raise _SlackError(
+                "invalid_blocks",
+                errors=errors,
+                response_metadata={"messages": [f"[ERROR] {e}" for e in errors]},
+            )
+    if attachments is not None and not isinstance(attachments, list):
+        raise _SlackError("invalid_attachments")
+    if require and not text and not blocks and not attachments:
+        raise _SlackError("no_text")
+    if text is not None and len(text) > _MAX_TEXT:
+        raise _SlackError("msg_too_long")
+    return text, blocks, attachments
+
+
+def _block_errors(blocks: list[Any]) -> list[str]:
+    """A small subset of Slack's Block Kit validation: the limits bots actually run into."""
+    errors: list[str] = []
+    if len(blocks) > _MAX_BLOCKS:
+        errors.append(f"no more than {_MAX_BLOCKS} items allowed [json-pointer:/blocks]")
+    for i, block in enumerate(blocks):
+        ptr = f"/blocks/{i}"
+        if not isinstance(block, dict) or not isinstance(block.get("type"), str):
+            errors.append(f"missing required field: type [json-pointer:{ptr}]")
+            continue
+        if len(str(block.get("block_id", ""))) > _MAX_BLOCK_ID:
+            errors.append(f"must be less than {_MAX_BLOCK_ID + 1} characters [json-pointer:{ptr}/block_id]")
+        kind = block["type"]
+        if kind == "section":
+            text, fields = block.get("text"), block.get("fields")
+            if text is None and not fields:
+                errors.append(f"must provide either text or fields [json-pointer:{ptr}]")
+            errors += _text_errors(text, f"{ptr}/text", _MAX_SECTION_TEXT)
+            if fields is not None:
+                if not isinstance(fields, list) or len(fields) > _MAX_FIELDS:
+                    errors.append(f"no more than {_MAX_FIELDS} items allowed [json-pointer:{ptr}/fields]")
+                else:
+                    for j, item in enumerate(fields):
+                        errors += _text_errors(item, f"{ptr}/fields/{j}", _MAX_FIELD_TEXT)
+        elif kind == "header":
+            text = block.get("text")
+            if not isinstance(text, dict) or text.get("type") != "plain_text":
+                errors.append(f"must be a plain_text text object [json-pointer:{ptr}/text]")
+            errors += _text_errors(text, f"{ptr}/text", _MAX_HEADER_TEXT)
+        elif kind in ("context", "actions"):
+            elements = block.get("elements")
+            limit = 10 if kind == "context" else 25
+            if not isinstance(elements, list) or not elements or len(elements) > limit:
+                errors.append(f"must contain between 1 and {limit} elements [json-pointer:{ptr}/elements]")
+    return errors
+
+
+def _text_errors(obj: Any, ptr: str, limit: int) -> list[str]:
+    if obj is None:
+        return []
+    if not isinstance(obj, dict) or obj.get("type") not in ("plain_text", "mrkdwn"):
+        return [f"must be a text object [json-pointer:{ptr}]"]
+    text = obj.get("text")
+    if not isinstance(text, str) or not text:
+        return [f"must be at least 1 character [json-pointer:{ptr}/text]"]
+    if len(text) > limit:
+        return [f"must be less than {limit + 1} characters [json-pointer:{ptr}/text]"]
+    return []
+
+
+def _resolve_channel(channel: str) -> str:
+    # Posting to a user id lands in the bot's DM with them; conversations.open names it the same way.
+    return "D" + channel if channel[:1] in ("U", "W") else channel
+
+
+def _truthy(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.lower() in ("1", "true", "yes")
+    return bool(value)
+
+
+def _default_user(user_id: str, name: str) -> dict[str, Any]:
+    return {
+        "id": user_id,
+        "team_id": TEAM_ID,
+        "name": name,
+        "real_name": name.title(),
+        "deleted": False,
+        "is_bot": False,
+        "is_admin": False,
+        "tz": "Europe/Berlin",
+        "tz_offset": 3600,
+        "profile": {"display_name": name, "real_name": name.title()},
+    }
+
+
+__all__ = [
+    "DEFAULT_APP_TOKEN",
+    "DEFAULT_BOT_TOKEN",
+    "FakeSlack",
+    "RecordedCall",
+    "RecordedEphemeral",
+    "RecordedMessage",
+    "RecordedResponse",
+    "RecordedUpdate",
+    "SlackFault",
+]
