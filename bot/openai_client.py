@@ -10,9 +10,11 @@ within both an attempt limit and an overall time budget so a Slack user is never
 from __future__ import annotations
 
 import asyncio
+import datetime
 import email.utils
 import logging
 import random
+import re
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -116,14 +118,15 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     if not value:
         return None
     value = value.strip()
-    try:
+    if re.fullmatch(r"-?\d+(\.\d+)?", value):
         return max(0.0, float(value))
-    except ValueError:
-        pass
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
+    if when.tzinfo is None:
+        # HTTP-dates are always GMT, even the obsolete asctime form that carries no zone.
+        when = when.replace(tzinfo=datetime.UTC)
     return max(0.0, when.timestamp() - (now if now is not None else time.time()))
 
 
@@ -289,6 +292,10 @@ class FineTuningClient:
                 retry_after = None
             except httpx.TransportError as exc:
                 error = UnavailableError(f"Could not reach OpenAI ({type(exc).__name__}).")
+                retry_after = None
+            except httpx.DecodingError:
+                # A body that does not match its Content-Encoding (a proxy mangled it, say).
+                error = ServerError("OpenAI's response could not be decoded.")
                 retry_after = None
             else:
                 if response.is_success:

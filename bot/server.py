@@ -58,7 +58,7 @@ def build_asgi(settings: Settings) -> Starlette:
     if store.engine.dialect.name == "sqlite":
         # SQLite means one process: leases left by a killed predecessor are ours to take now.
         store.release_all_leases()
-    notifier = Notifier(store, slack_client, owner=owner, lease_ttl=lease_ttl)
+    notifier = Notifier(store, build_slack_client(settings, outbox=True), owner=owner, lease_ttl=lease_ttl)
     poller = Poller(
         store, openai, notifier, owner=owner, lease_ttl=lease_ttl, concurrency=settings.poll_concurrency
     )

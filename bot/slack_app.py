@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from slack_bolt.async_app import AsyncApp
+from slack_sdk.http_retry.async_handler import AsyncRetryHandler
 from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncConnectionErrorRetryHandler,
     AsyncRateLimitErrorRetryHandler,
@@ -15,18 +16,22 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.config import Settings
 
 
-def build_slack_client(settings: Settings) -> AsyncWebClient:
-    # slack_sdk retries nothing but connection errors by default; a 429 (`Retry-After`) or a 5xx
-    # from Slack should delay a message, not lose it.
-    return AsyncWebClient(
-        token=settings.slack_bot_token,
-        base_url=settings.slack_api_url,
-        timeout=10,
-        retry_handlers=[
+def build_slack_client(settings: Settings, *, outbox: bool = False) -> AsyncWebClient:
+    """slack_sdk retries nothing but connection errors by default; a 429 (`Retry-After`) or a 5xx
+    from Slack should delay a message, not lose it.
+
+    The outbox's client retries only 429s, which Slack answers without posting. After a 5xx or a
+    dropped connection the post may have landed, so a blind retry could post twice; the notifier
+    instead defers the row, and the next attempt first asks Slack whether the message is there.
+    """
+    handlers: list[AsyncRetryHandler] = [AsyncRateLimitErrorRetryHandler(max_retry_count=3)]
+    if not outbox:
+        handlers += [
             AsyncConnectionErrorRetryHandler(max_retry_count=2),
-            AsyncRateLimitErrorRetryHandler(max_retry_count=3),
             AsyncServerErrorRetryHandler(max_retry_count=2),
-        ],
+        ]
+    return AsyncWebClient(
+        token=settings.slack_bot_token, base_url=settings.slack_api_url, timeout=10, retry_handlers=handlers
     )
 
 

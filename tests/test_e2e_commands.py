@@ -3,92 +3,22 @@
 from __future__ import annotations
 
 import time
-import urllib.parse
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-from tests.bot_process import BOT_TOKEN, OPENAI_KEY, SIGNING_SECRET, BotProcess
-from tests.fakes import FakeOpenAI, FakeSlack, sign_slack_request
-
-
-@dataclass
-class Harness:
-    bot: BotProcess
-    openai: FakeOpenAI
-    slack: FakeSlack
-
-    def command(
-        self,
-        text: str,
-        *,
-        user_id: str = "U123",
-        channel_id: str = "C123",
-        secret: str = SIGNING_SECRET,
-        timestamp: int | None = None,
-        tamper: bool = False,
-    ) -> tuple[httpx.Response, str]:
-        key = uuid.uuid4().hex
-        fields = self.slack.slash_command_payload(
-            text, user_id=user_id, channel_id=channel_id, response_url=self.slack.response_url(key)
-        )
-        body = urllib.parse.urlencode(fields)
-        headers = sign_slack_request(body, secret, timestamp)
-        if tamper:
-            body = body.replace("U123", "U999")
-        response = httpx.post(f"{self.bot.url}/slack/events", content=body, headers=headers, timeout=10)
-        return response, key
-
-    def reply(self, key: str, timeout: float = 10.0) -> dict[str, Any]:
-        self.slack.wait_for(lambda s: s.responses_for(key), timeout=timeout)
-        return self.slack.responses_for(key)[0].json
-
-    def assert_no_secrets(self) -> None:
-        everything = self.bot.logs + repr([c.params for c in self.slack.calls])
-        everything += repr([r.json for r in self.slack.responses])
-        for secret in (OPENAI_KEY, BOT_TOKEN, SIGNING_SECRET):
-            assert secret not in everything
-
-
-def all_text(message: dict[str, Any]) -> str:
-    """Every string in a message, blocks included, joined: what a reader could see."""
-    out: list[str] = []
-
-    def walk(value: Any) -> None:
-        if isinstance(value, str):
-            out.append(value)
-        elif isinstance(value, dict):
-            for item in value.values():
-                walk(item)
-        elif isinstance(value, list):
-            for item in value:
-                walk(item)
-
-    walk(message)
-    return "\n".join(out)
+from tests.bot_process import OPENAI_KEY
+from tests.fakes import FakeOpenAI, FakeSlack
+from tests.harness import Harness, all_text, start_bot
 
 
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
     with FakeOpenAI() as openai, FakeSlack() as slack:
         workdir: Path = tmp_path_factory.mktemp("bot")
-        bot = BotProcess(
-            {
-                "SLACK_BOT_TOKEN": BOT_TOKEN,
-                "SLACK_SIGNING_SECRET": SIGNING_SECRET,
-                "SLACK_API_URL": slack.api_url,
-                "OPENAI_API_KEY": OPENAI_KEY,
-                "OPENAI_BASE_URL": openai.base_url,
-                "OPENAI_ORGANIZATION": "org-fake",
-                "OPENAI_PROJECT": "proj_fake",
-            },
-            workdir,
-        ).start()
+        bot = start_bot(openai, slack, workdir, OPENAI_ORGANIZATION="org-fake", OPENAI_PROJECT="proj_fake")
         try:
             yield Harness(bot, openai, slack)
         finally:

@@ -527,6 +527,12 @@ class FakeOpenAI(FakeServer):
             self._store_job(job, suffix)
         return copy.deepcopy(job)
 
+    def delete_job(self, job_id: str) -> None:
+        """Forget a job, as if OpenAI no longer had it: later requests for it get 404."""
+        with self.lock:
+            self._jobs.pop(job_id, None)
+            self._events.pop(job_id, None)
+
     def set_status(self, job_id: str, status: str, *, event: bool = True, **fields: Any) -> dict[str, Any]:
         """Move a job to ``status`` and set any other job ``fields``, filling realistic defaults:
         terminal statuses get ``finished_at``; "succeeded" gets ``fine_tuned_model`` and

@@ -158,6 +158,8 @@ class FakeSlack(FakeServer):
             "chat.update": (self._chat_update, "bot"),
             "chat.postEphemeral": (self._chat_post_ephemeral, "bot"),
             "conversations.open": (self._conversations_open, "bot"),
+            "conversations.history": (self._conversations_history, "bot"),
+            "conversations.replies": (self._conversations_replies, "bot"),
             "users.info": (self._users_info, "bot"),
             "apps.connections.open": (self._apps_connections_open, "app"),
         }
@@ -165,7 +167,7 @@ class FakeSlack(FakeServer):
         self._init_state()
 
     def _init_state(self) -> None:
-        self._ts_counter = itertools.count(1)
+        self._last_ts_micros = 0
         self._trigger_counter = itertools.count(1)
         self._custom: dict[str, _CustomMethod] = {}
         self._users: dict[str, dict[str, Any]] = {}
@@ -664,8 +666,10 @@ class FakeSlack(FakeServer):
     # -- Web API methods (called with self.lock held) -------------------------------------------
 
     def _next_ts(self) -> str:
-        micros = next(self._ts_counter) * 100
-        return f"{1_700_000_000 + micros // 1_000_000}.{micros % 1_000_000:06d}"
+        # Like Slack: the post's wall-clock time in microseconds, kept strictly increasing and unique.
+        micros = max(int(time.time() * 1_000_000), self._last_ts_micros + 1)
+        self._last_ts_micros = micros
+        return f"{micros // 1_000_000}.{micros % 1_000_000:06d}"
 
     def _auth_test(self, params: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -762,6 +766,58 @@ class FakeSlack(FakeServer):
             )
         )
         return {"ok": True, "message_ts": ts}
+
+    def _message_view(self, m: RecordedMessage, with_metadata: bool) -> dict[str, Any]:
+        view: dict[str, Any] = {"type": "message", "user": BOT_USER_ID, "bot_id": BOT_ID, "ts": m.ts}
+        view["text"] = m.text or ""
+        if m.blocks is not None:
+            view["blocks"] = m.blocks
+        if m.thread_ts:
+            view["thread_ts"] = m.thread_ts
+        metadata = m.params.get("metadata")
+        if with_metadata and isinstance(metadata, dict):
+            view["metadata"] = metadata
+        return view
+
+    def _history_window(
+        self, params: dict[str, Any], messages: list[RecordedMessage]
+    ) -> list[RecordedMessage]:
+        oldest = float(params.get("oldest") or 0)
+        latest = float(params.get("latest") or "inf")
+        return [m for m in messages if oldest <= float(m.ts) <= latest]
+
+    def _conversations_history(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Top-level messages (and replies broadcast to the channel), newest first, like Slack."""
+        channel = params.get("channel")
+        if not channel:
+            raise _SlackError("channel_not_found")
+        channel_id = _resolve_channel(str(channel))
+        found = [
+            m
+            for m in self._messages
+            if m.channel == channel_id and (m.thread_ts is None or m.reply_broadcast)
+        ]
+        meta = _truthy(params.get("include_all_metadata"))
+        window = self._history_window(params, found)
+        limit = int(params.get("limit") or 100)
+        views = [self._message_view(m, meta) for m in reversed(window)][:limit]
+        return {"ok": True, "messages": views, "has_more": len(window) > limit}
+
+    def _conversations_replies(self, params: dict[str, Any]) -> dict[str, Any]:
+        """A thread: its parent first, then replies oldest first, like Slack."""
+        channel, ts = params.get("channel"), params.get("ts")
+        if not channel:
+            raise _SlackError("channel_not_found")
+        channel_id = _resolve_channel(str(channel))
+        parent = next((m for m in self._messages if m.channel == channel_id and m.ts == ts), None)
+        if parent is None:
+            raise _SlackError("thread_not_found")
+        replies = [m for m in self._messages if m.channel == channel_id and m.thread_ts == ts]
+        meta = _truthy(params.get("include_all_metadata"))
+        window = [parent, *self._history_window(params, replies)]
+        limit = int(params.get("limit") or 1000)
+        views = [self._message_view(m, meta) for m in window][:limit]
+        return {"ok": True, "messages": views, "has_more": len(window) > limit}
 
     def _conversations_open(self, params: dict[str, Any]) -> dict[str, Any]:
         if params.get("channel"):
