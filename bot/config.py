@@ -41,16 +41,43 @@ class Settings:
     openai_timeout_seconds: float = 15.0
     openai_max_connections: int = 20
     poll_concurrency: int = 8
+    openai_webhook_secret: str | None = field(default=None, repr=False)
+    reconcile_interval_seconds: float = 300.0
 
     @property
     def socket_mode(self) -> bool:
         return self.slack_app_token is not None
 
+    @property
+    def webhooks_enabled(self) -> bool:
+        return self.openai_webhook_secret is not None
+
+    @property
+    def effective_poll_interval(self) -> float:
+        """With webhooks, polling is only the safety net that catches a missed delivery."""
+        return self.reconcile_interval_seconds if self.webhooks_enabled else self.poll_interval_seconds
+
     def secrets(self) -> list[str]:
         """Every value that must never appear in a log line or a message."""
-        values = [self.slack_bot_token, self.openai_api_key, self.slack_signing_secret, self.slack_app_token]
+        values = [
+            self.slack_bot_token,
+            self.openai_api_key,
+            self.slack_signing_secret,
+            self.slack_app_token,
+            self.openai_webhook_secret,
+        ]
         password = urlsplit(self.database_url).password
         return [v for v in [*values, password] if v]
+
+
+def _usable_webhook_secret(secret: str) -> bool:
+    from standardwebhooks.webhooks import Webhook
+
+    try:
+        Webhook(secret)
+    except Exception:  # binascii.Error, EmptyWebhookSecretError: either way, unusable
+        return False
+    return True
 
 
 def load_settings(env: Mapping[str, str]) -> Settings | list[str]:
@@ -119,6 +146,12 @@ def load_settings(env: Mapping[str, str]) -> Settings | list[str]:
     if re.match(r"^(sqlite|postgres(ql)?)(\+\w+)?://", database_url) is None:
         problems.append("DATABASE_URL must be a sqlite:/// path or a postgresql:// URL")
 
+    webhook_secret = text("OPENAI_WEBHOOK_SECRET")
+    if webhook_secret is not None and not _usable_webhook_secret(webhook_secret):
+        problems.append(
+            "OPENAI_WEBHOOK_SECRET must be the whsec_… signing secret shown when the endpoint was created"
+        )
+
     log_level = (text("LOG_LEVEL") or "INFO").upper()
     if log_level not in logging.getLevelNamesMapping():
         problems.append(f"LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, got {log_level!r}")
@@ -141,5 +174,7 @@ def load_settings(env: Mapping[str, str]) -> Settings | list[str]:
         openai_timeout_seconds=number("OPENAI_TIMEOUT_SECONDS", 15.0, 1, 120),
         openai_max_connections=int(number("OPENAI_MAX_CONNECTIONS", 20, 1, 1000, integer=True)),
         poll_concurrency=int(number("POLL_CONCURRENCY", 8, 1, 100, integer=True)),
+        openai_webhook_secret=webhook_secret,
+        reconcile_interval_seconds=number("RECONCILE_INTERVAL_SECONDS", 300.0, 1, 86_400),
     )
     return problems or settings

@@ -139,6 +139,9 @@ class Poller:
                 written += await self.finish(watch, "missing", {"id": watch.job_id, "status": "missing"})
         return written
 
+    async def deliver(self) -> int:
+        return await self._notifier.deliver_due()
+
     async def finish(self, watch: Watch, outcome: str, payload: dict[str, object]) -> int:
         created = await asyncio.to_thread(self._store.finish_watch, watch, outcome, dict(payload))
         if created:

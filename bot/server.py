@@ -32,6 +32,7 @@ from bot.poller import Poller
 from bot.runner import CommandRunner
 from bot.slack_app import build_app, build_slack_client
 from bot.store import Store
+from bot.webhooks import WebhookReceiver
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,8 @@ def build_asgi(settings: Settings) -> Starlette:
     store = Store.from_url(settings.database_url)
     owner = f"{socket.gethostname()}:{settings.port}:{os.getpid()}"
     # A lease outlives several cycles, so a slow cycle never hands a watch to another replica.
-    lease_ttl = max(60.0, 3 * settings.poll_interval_seconds)
+    interval = settings.effective_poll_interval
+    lease_ttl = max(60.0, 3 * interval)
     if store.engine.dialect.name == "sqlite":
         # SQLite means one process: leases left by a killed predecessor are ours to take now.
         store.release_all_leases()
@@ -72,12 +74,17 @@ def build_asgi(settings: Settings) -> Starlette:
     scheduler.add_job(
         poller.cycle,
         "interval",
-        seconds=settings.poll_interval_seconds,
+        seconds=interval,
         id="poll",
         # First cycle at once: it also delivers whatever a previous run owed and did not send.
         next_run_time=datetime.datetime.now(datetime.UTC),
     )
     slack_handler = AsyncSlackRequestHandler(app)
+    receiver = (
+        WebhookReceiver(settings.openai_webhook_secret, store, openai, poller)
+        if settings.openai_webhook_secret
+        else None
+    )
 
     async def slack_events(request: Request) -> Response:
         return await slack_handler.handle(request)
@@ -95,12 +102,17 @@ def build_asgi(settings: Settings) -> Starlette:
                 await socket_handler.connect_async()
                 log.info("connected to Slack in Socket Mode")
             log.info(
+                "polling every %gs%s", interval, " (reconciliation; webhooks enabled)" if receiver else ""
+            )
+            log.info(
                 "finetune-bot ready on port %d (%s mode)",
                 settings.port,
                 "socket" if settings.socket_mode else "http",
             )
             yield
         finally:
+            if receiver is not None:
+                await receiver.drain()
             if socket_handler is not None:
                 await socket_handler.close_async()
             scheduler.shutdown(wait=False)
@@ -111,6 +123,8 @@ def build_asgi(settings: Settings) -> Starlette:
     routes = [Route("/healthz", healthz, methods=["GET"])]
     if not settings.socket_mode:
         routes.append(Route("/slack/events", slack_events, methods=["POST"]))
+    if receiver is not None:
+        routes.append(Route("/openai/webhook", receiver.handle, methods=["POST"]))
     return Starlette(routes=routes, lifespan=lifespan)
 
 

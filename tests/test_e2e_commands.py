@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.bot_process import OPENAI_KEY
@@ -260,3 +261,8 @@ def test_slow_openai_still_acked_in_time(h: Harness) -> None:
         assert "No fine-tuning jobs" in all_text(h.reply(key, timeout=15))
     finally:
         h.openai.latency = 0.0
+
+
+def test_webhook_endpoint_exists_only_when_configured(h: Harness) -> None:
+    response = httpx.post(f"{h.bot.url}/openai/webhook", content="{}")
+    assert response.status_code == 404
