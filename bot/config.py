@@ -41,6 +41,8 @@ class Settings:
     openai_timeout_seconds: float = 15.0
     openai_max_connections: int = 20
     poll_concurrency: int = 8
+    admins: frozenset[str] = frozenset()
+    allowed_channels: frozenset[str] = frozenset()
     openai_webhook_secret: str | None = field(default=None, repr=False)
     reconcile_interval_seconds: float = 300.0
 
@@ -152,6 +154,18 @@ def load_settings(env: Mapping[str, str]) -> Settings | list[str]:
             "OPENAI_WEBHOOK_SECRET must be the whsec_… signing secret shown when the endpoint was created"
         )
 
+    def id_list(name: str, pattern: str, example: str) -> frozenset[str]:
+        values = [v for v in re.split(r"[\s,]+", text(name) or "") if v]
+        bad = [v for v in values if re.fullmatch(pattern, v) is None]
+        if bad:
+            problems.append(
+                f"{name} must list Slack ids separated by commas, like {example}; not: {', '.join(bad)[:200]}"
+            )
+        return frozenset(values)
+
+    admins = id_list("FINETUNE_ADMINS", r"[UW][A-Z0-9]{2,20}", "U012AB3CD,U045EF6GH")
+    allowed_channels = id_list("FINETUNE_ALLOWED_CHANNELS", r"[CGD][A-Z0-9]{2,20}", "C012AB3CD,G045EF6GH")
+
     log_level = (text("LOG_LEVEL") or "INFO").upper()
     if log_level not in logging.getLevelNamesMapping():
         problems.append(f"LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, got {log_level!r}")
@@ -174,6 +188,8 @@ def load_settings(env: Mapping[str, str]) -> Settings | list[str]:
         openai_timeout_seconds=number("OPENAI_TIMEOUT_SECONDS", 15.0, 1, 120),
         openai_max_connections=int(number("OPENAI_MAX_CONNECTIONS", 20, 1, 1000, integer=True)),
         poll_concurrency=int(number("POLL_CONCURRENCY", 8, 1, 100, integer=True)),
+        admins=admins,
+        allowed_channels=allowed_channels,
         openai_webhook_secret=webhook_secret,
         reconcile_interval_seconds=number("RECONCILE_INTERVAL_SECONDS", 300.0, 1, 86_400),
     )

@@ -572,3 +572,30 @@ def render_redirected_note(channel_id: str, reason: str) -> str:
         f"I couldn't post this in {where} ({why}). Invite me with `/invite @finetune` so outcomes "
         "land there next time."
     )
+
+
+# ---------------------------------------------------------------------------------------------- access
+
+
+def render_channel_not_allowed(allowed: frozenset[str]) -> Reply:
+    channels = [f"<#{c}>" for c in sorted(allowed) if _CHANNEL_ID.fullmatch(c)][:20]
+    where = ", ".join(channels) if channels else "the channels your admin chose"
+    text = f":lock: `/finetune` isn't enabled in this channel. It works in {where}."
+    return _reply(text, [_section(text)])
+
+
+def render_not_allowed(job_id: str, action: str, starter: str | None) -> Reply:
+    if starter is not None:
+        who = f"the person who started it ({_mention(starter)})"
+    else:
+        who = "nobody here started it from Slack, so"
+    text = (
+        f":lock: Sorry, you can't {_clip(action, 40)} {_code(job_id)}: only {who} "
+        "or a finetune-bot admin (`FINETUNE_ADMINS`) can."
+    )
+    if starter is None:
+        text = (
+            f":lock: Sorry, you can't {_clip(action, 40)} {_code(job_id)}: it wasn't started from Slack, "
+            "so only a finetune-bot admin (`FINETUNE_ADMINS`) can."
+        )
+    return _reply(text, [_section(text)])

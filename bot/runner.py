@@ -53,11 +53,13 @@ class CommandRunner:
         slack: AsyncWebClient,
         store: Store,
         *,
+        admins: frozenset[str] = frozenset(),
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._openai = openai
         self._slack = slack
         self._store = store
+        self._admins = admins
         self._clock = clock
 
     def _now(self) -> int:
@@ -91,6 +93,10 @@ class CommandRunner:
                 page = await self._openai.list_events(job_id, limit=limit)
                 return render.render_events(job_id, page.data, page.has_more, self._now())
             case CancelCommand(job_id=job_id):
+                starter = await asyncio.to_thread(self._store.starter_of, job_id)
+                if not self._may_cancel(invocation.user_id, starter):
+                    log.info("refused cancel of %s by %s (starter %s)", job_id, invocation.user_id, starter)
+                    return render.render_not_allowed(job_id, "cancel", starter)
                 return render.render_cancel_requested(await self._openai.cancel_job(job_id), self._now())
             case CreateCommand():
                 return await self._create(command, invocation)
@@ -108,6 +114,11 @@ class CommandRunner:
                 )
                 return render.render_unwatched(job_id, ended)
         return None  # pragma: no cover - every command is matched above
+
+    def _may_cancel(self, user_id: str, starter: str | None) -> bool:
+        """The person who started a job may stop it, and so may admins; a job not started from
+        Slack (no record of who started it) only admins may touch."""
+        return user_id in self._admins or (starter is not None and starter == user_id)
 
     async def _create(self, command: CreateCommand, invocation: Invocation) -> render.Reply | None:
         job = await self._openai.create_job(

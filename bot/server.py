@@ -25,6 +25,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from bot.config import Settings
+from bot.inflight import InFlight
 from bot.listeners import register_listeners
 from bot.notifier import Notifier
 from bot.openai_client import FineTuningClient, build_http_client
@@ -64,15 +65,27 @@ def build_asgi(settings: Settings) -> Starlette:
     poller = Poller(
         store, openai, notifier, owner=owner, lease_ttl=lease_ttl, concurrency=settings.poll_concurrency
     )
-    runner = CommandRunner(openai, slack_client, store)
-    register_listeners(app, runner, default_model=settings.default_model)
+    runner = CommandRunner(openai, slack_client, store, admins=settings.admins)
+    inflight = InFlight()
+    register_listeners(
+        app,
+        runner,
+        default_model=settings.default_model,
+        inflight=inflight,
+        allowed_channels=settings.allowed_channels,
+    )
     # APScheduler's own job stores are not shared between processes (its FAQ); the schedule is
     # in memory and all coordination between replicas lives in our tables.
     scheduler = AsyncIOScheduler(
         job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30}
     )
+
+    async def poll() -> None:
+        async with inflight.track():
+            await poller.cycle()
+
     scheduler.add_job(
-        poller.cycle,
+        poll,
         "interval",
         seconds=interval,
         id="poll",
@@ -111,6 +124,11 @@ def build_asgi(settings: Settings) -> Starlette:
             )
             yield
         finally:
+            # Stop starting new work, then let what was promised finish (bounded: a platform
+            # sends SIGKILL ~10 s after SIGTERM, and the outbox makes even that safe).
+            scheduler.pause()
+            if not await inflight.drain(timeout=6):
+                log.warning("stopping with %d replies or poll cycles unfinished", inflight.count)
             if receiver is not None:
                 await receiver.drain()
             if socket_handler is not None:
@@ -144,6 +162,6 @@ def serve(settings: Settings) -> None:
         log_config=None,  # keep our handlers (and their secret redaction)
         access_log=False,
         lifespan="on",
-        timeout_graceful_shutdown=8,
+        timeout_graceful_shutdown=3,
     )
     _Server(config).run()

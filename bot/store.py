@@ -302,6 +302,16 @@ class Store:
             )
         return result.rowcount == 1
 
+    def starter_of(self, job_id: str) -> str | None:
+        """Who started a job from Slack (its `create` watch records them), or None."""
+        with self.engine.connect() as conn:
+            return conn.execute(
+                sa.select(watches.c.user_id)
+                .where(watches.c.job_id == job_id, watches.c.origin == "create")
+                .order_by(watches.c.id)
+                .limit(1)
+            ).scalar()
+
     def channel_watches(self, channel_id: str, *, active_only: bool = True) -> list[Watch]:
         query = sa.select(watches).where(watches.c.channel_id == channel_id)
         if active_only:

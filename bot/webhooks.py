@@ -108,4 +108,4 @@ class WebhookReceiver:
     async def drain(self) -> None:
         """Let in-flight webhook work finish (on shutdown)."""
         if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=8)
+            await asyncio.wait(list(self._tasks), timeout=2)

@@ -64,6 +64,10 @@ def test_socket_mode_needs_no_signing_secret() -> None:
         ({"POLL_INTERVAL_SECONDS": "soon"}, "POLL_INTERVAL_SECONDS"),
         ({"PORT": "70000"}, "PORT"),
         ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
+        ({"FINETUNE_ADMINS": "U123,alice"}, "FINETUNE_ADMINS"),
+        ({"FINETUNE_ALLOWED_CHANNELS": "#general"}, "FINETUNE_ALLOWED_CHANNELS"),
+        ({"OPENAI_WEBHOOK_SECRET": "whsec_"}, "OPENAI_WEBHOOK_SECRET"),
+        ({"RECONCILE_INTERVAL_SECONDS": "-5"}, "RECONCILE_INTERVAL_SECONDS"),
     ],
 )
 def test_each_problem_names_its_variable(env: dict[str, str], name: str) -> None:
@@ -83,3 +87,20 @@ def test_all_problems_reported_together_and_secrets_kept_out_of_repr() -> None:
     for secret in ("xoxb-1-abc", "s3cret", "sk-abc123", "pw-secret"):
         assert secret not in repr(settings)
         assert secret in settings.secrets()
+
+
+def test_access_lists_and_webhooks() -> None:
+    settings = load_settings(
+        {
+            **BASE,
+            "FINETUNE_ADMINS": "U0ADMIN1, W0ADMIN2",
+            "FINETUNE_ALLOWED_CHANNELS": "C0ML C0OPS",
+            "OPENAI_WEBHOOK_SECRET": "whsec_c2VjcmV0LWtleS1mb3ItdGVzdHM=",
+        }
+    )
+    assert isinstance(settings, Settings)
+    assert settings.admins == {"U0ADMIN1", "W0ADMIN2"}
+    assert settings.allowed_channels == {"C0ML", "C0OPS"}
+    assert settings.webhooks_enabled and settings.effective_poll_interval == 300.0
+    assert "whsec_c2VjcmV0LWtleS1mb3ItdGVzdHM=" in settings.secrets()
+    assert "whsec_" not in repr(settings)

@@ -2,9 +2,19 @@
 
 from slack_bolt.async_app import AsyncApp
 
+from bot.inflight import InFlight
 from bot.listeners import commands
 from bot.runner import CommandRunner
 
 
-def register_listeners(app: AsyncApp, runner: CommandRunner, *, default_model: str) -> None:
-    commands.register(app, runner, default_model=default_model)
+def register_listeners(
+    app: AsyncApp,
+    runner: CommandRunner,
+    *,
+    default_model: str,
+    inflight: InFlight,
+    allowed_channels: frozenset[str] = frozenset(),
+) -> None:
+    commands.register(
+        app, runner, default_model=default_model, inflight=inflight, allowed_channels=allowed_channels
+    )
