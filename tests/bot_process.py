@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import httpx
 
@@ -26,7 +27,19 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+SECRET_VARIABLES = (
+    "SLACK_BOT_TOKEN",
+    "SLACK_SIGNING_SECRET",
+    "SLACK_APP_TOKEN",
+    "OPENAI_API_KEY",
+    "OPENAI_WEBHOOK_SECRET",
+)
+
+
 class BotProcess:
+    # Every bot this test session started, for the session-wide secret scan (tests/conftest.py).
+    started: ClassVar[list[BotProcess]] = []
+
     def __init__(self, env: dict[str, str], workdir: Path) -> None:
         self.port = int(env.get("PORT") or free_port())
         self.env = {
@@ -47,7 +60,12 @@ class BotProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def secrets(self) -> list[str]:
+        """The configured secrets of this process: none may ever appear in its logs."""
+        return [self.env[name] for name in SECRET_VARIABLES if self.env.get(name)]
+
     def start(self, *, wait: bool = True, timeout: float = 20.0) -> BotProcess:
+        BotProcess.started.append(self)
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "bot"],

@@ -14,7 +14,30 @@ _REPO_ROOT = str(Path(__file__).resolve().parents[1])
 if _REPO_ROOT not in sys.path:
     sys.path.insert(0, _REPO_ROOT)
 
+from tests.bot_process import BotProcess  # noqa: E402 - needs the sys.path entry above
 from tests.fakes import FakeOpenAI, FakeSlack  # noqa: E402 - needs the sys.path entry above
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_secret_ever_leaks() -> Iterator[None]:
+    """After the whole session: no configured secret appears in anything any bot logged, nor in
+    anything that reached Slack (messages, replies, API parameters)."""
+    yield
+    secrets = {secret for bot in BotProcess.started for secret in bot.secrets()}
+    found: list[str] = []
+    lines = 0
+    for bot in BotProcess.started:
+        log = bot.logs
+        lines += log.count("\n")
+        found += [f"{bot.log_path.name}: {secret[:8]}…" for secret in bot.secrets() if secret in log]
+    sent = [text for slack in FakeSlack.instances for text in slack.seen_text]
+    for text in sent:
+        found += [f"sent to Slack: {secret[:8]}…" for secret in secrets if secret in text]
+    print(
+        f"\nsecret scan: {len(secrets)} secrets, {len(BotProcess.started)} bot processes, {lines} log lines, "
+        f"{len(sent)} Slack requests scanned; {len(found)} occurrences"
+    )
+    assert found == [], found
 
 
 @pytest.fixture

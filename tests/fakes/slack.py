@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
@@ -138,6 +138,9 @@ class FakeSlack(FakeServer):
     ``{"ok": false, "error": ...}`` like Slack; only injected faults and rate limits use other codes.
     """
 
+    # Every instance this test session made, for the session-wide secret scan (tests/conftest.py).
+    instances: ClassVar[list[FakeSlack]] = []
+
     def __init__(
         self,
         bot_token: str = DEFAULT_BOT_TOKEN,
@@ -145,6 +148,9 @@ class FakeSlack(FakeServer):
         *,
         rate_limit_per_channel: float | None = None,
     ) -> None:
+        FakeSlack.instances.append(self)
+        # Everything any message or reply carried, never cleared by reset(): for the secret scan.
+        self.seen_text: list[str] = []
         super().__init__()
         self.bot_token = bot_token
         self.app_token = app_token
@@ -523,6 +529,7 @@ class FakeSlack(FakeServer):
         if auth.lower().startswith("bearer "):
             token = auth[7:].strip()
         call.params, call.token = params, token
+        self.seen_text.append(json.dumps(params, default=str))
 
         if self.latency > 0:
             await asyncio.sleep(self.latency)
@@ -596,6 +603,7 @@ class FakeSlack(FakeServer):
     async def _handle_response_url(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
         text = raw.decode("utf-8", errors="replace")
+        self.seen_text.append(text)
         parsed: Any = None
         if request.content_type == "application/json":
             try:
