@@ -106,7 +106,10 @@ class Poller:
                     break
                 after = last.id
         except OpenAIError as error:
-            log.warning("listing jobs failed (%s); retrieving watched jobs one by one", error.status or error)
+            # Retrieving every job one by one instead would hammer an API that is already failing
+            # (or rate-limiting us); the next cycle lists again.
+            log.warning("listing jobs failed (%s); the next cycle will try again", error.status or error)
+            return StatusReport(jobs={}, missing=set(), unknown=set(wanted))
 
         missing: set[str] = set()
         unknown: set[str] = set()

@@ -93,3 +93,19 @@ def test_sigterm_exits_cleanly(tmp_path: Path) -> None:
         assert bot.stop() == 0, bot.logs
         assert time.monotonic() - started < 10
         assert "stopped" in bot.logs
+
+
+def test_a_token_slack_refuses_exits_2(tmp_path: Path) -> None:
+    with FakeSlack(bot_token="xoxb-the-real-one") as slack:
+        result = run_bot_once(
+            {
+                "SLACK_BOT_TOKEN": "xoxb-a-revoked-token-12345",
+                "SLACK_SIGNING_SECRET": "secret",
+                "SLACK_API_URL": slack.api_url,
+                "OPENAI_API_KEY": OPENAI_KEY,
+            },
+            tmp_path,
+        )
+    assert result.returncode == 2
+    assert "SLACK_BOT_TOKEN was refused by Slack (invalid_auth)" in result.stderr
+    assert "xoxb-a-revoked-token-12345" not in result.stderr + result.stdout
