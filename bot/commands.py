@@ -268,7 +268,8 @@ def _parse_limit(options: dict[str, str], default: int, command: str) -> int | P
 
 
 def _parse_int(value: str, key: str, low: int, high: int, command: str) -> int | ParseError:
-    if re.fullmatch(r"[+]?\d{1,12}", value) is None or not low <= int(value) <= high:
+    # [0-9], not \d: \d also matches other scripts' digits, which no one means as a limit.
+    if re.fullmatch(r"[+]?[0-9]{1,12}", value) is None or not low <= int(value) <= high:
         return ParseError(
             f"`{key}` must be a whole number from {low} to {high}, not `{_echo(value)}`.",
             usage=USAGE[command],
@@ -276,11 +277,11 @@ def _parse_int(value: str, key: str, low: int, high: int, command: str) -> int |
     return int(value)
 
 
+DECIMAL = re.compile(r"[+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?")
+
+
 def _parse_positive_float(value: str, key: str, upper: float | None, command: str) -> float | ParseError:
-    try:
-        number = float(value) if re.fullmatch(r"[+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", value) else None
-    except ValueError:  # pragma: no cover - the pattern admits only floats
-        number = None
+    number = float(value) if DECIMAL.fullmatch(value) else None
     if number is None or not math.isfinite(number) or number <= 0 or (upper is not None and number > upper):
         bound = f"greater than 0 and at most {upper:g}" if upper is not None else "a number greater than 0"
         return ParseError(f"`{key}` must be {bound} (or `auto`), not `{_echo(value)}`.", usage=USAGE[command])

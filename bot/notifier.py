@@ -14,6 +14,7 @@ cycle); a channel that refuses the bot gets the outcome by DM to the person who 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import random
@@ -33,6 +34,8 @@ from bot.store import OutboxItem, Store, Watch
 log = logging.getLogger(__name__)
 
 METADATA_EVENT = "finetune_outcome"
+# Slack allows about one message per second per channel (more in short bursts, then 429).
+CHANNEL_SPACING = 1.0
 
 
 def crash_point(name: str) -> None:
@@ -58,41 +61,68 @@ class Notifier:
         self._slack = slack
         self._owner = owner
         self._lease_ttl = lease_ttl
-        self._concurrency = concurrency
         self._clock = clock
         self._lock = asyncio.Lock()
+        self._semaphore = asyncio.Semaphore(concurrency)
+        self._queues: dict[str, collections.deque[tuple[OutboxItem, Watch]]] = {}
+        self._workers: dict[str, asyncio.Task[None]] = {}
+        self._queued: set[int] = set()
 
     async def deliver_due(self) -> int:
-        """Post every notification that is owed and not leased elsewhere; returns how many were sent."""
+        """Claim what is owed and hand it to per-channel workers; returns how many were queued.
+
+        Does not wait for the posts: a channel that Slack's rate limit holds back must hold up
+        neither the poll cycle nor other channels. Messages for one channel go one after another,
+        paced to Slack's ~1 per second per channel; channels run in parallel under a bound.
+        Calling it again also renews the leases of what is still queued here.
+        """
         async with self._lock:  # the poller and a webhook may both ask at once
             items = await asyncio.to_thread(
                 self._store.claim_outbox, self._owner, now=self._clock(), ttl=self._lease_ttl
             )
-            if not items:
+            fresh = [item for item in items if item.id not in self._queued]
+            if not fresh:
                 return 0
-            # Messages for one channel go one after another (Slack allows ~1/s per channel and
-            # answers 429 beyond); different channels go in parallel under a bound.
-            by_channel: dict[str, list[OutboxItem]] = {}
-            watches: dict[int, Watch] = {}
-            for item in items:
-                watch = await asyncio.to_thread(self._store.watch, item.watch_id)
-                if watch is None:  # pragma: no cover - foreign key makes this impossible
-                    continue
-                watches[item.id] = watch
-                by_channel.setdefault(watch.channel_id, []).append(item)
-            semaphore = asyncio.Semaphore(self._concurrency)
+            watches = await asyncio.to_thread(self._store.watches_by_id, {i.watch_id for i in fresh})
+            for item in fresh:
+                watch = watches[item.watch_id]
+                self._queued.add(item.id)
+                self._queues.setdefault(watch.channel_id, collections.deque()).append((item, watch))
+                if watch.channel_id not in self._workers:
+                    self._workers[watch.channel_id] = asyncio.create_task(self._work(watch.channel_id))
+            return len(fresh)
 
-            async def run_channel(queue: list[OutboxItem]) -> int:
-                sent = 0
-                async with semaphore:
-                    for item in queue:
-                        sent += await self._deliver_safely(item, watches[item.id])
-                return sent
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait (bounded) until every queued notification was tried; for shutdown and tests."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self._workers:
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                return False
+            await asyncio.wait(list(self._workers.values()), timeout=remaining)
+        return True
 
-            results = await asyncio.gather(*(run_channel(q) for q in by_channel.values()))
-            return sum(results)
+    async def _work(self, channel: str) -> None:
+        queue = self._queues[channel]
+        last_post: float | None = None
+        try:
+            while queue:
+                item, watch = queue.popleft()
+                try:
+                    if last_post is not None:
+                        await asyncio.sleep(max(0.0, last_post + CHANNEL_SPACING - time.monotonic()))
+                    async with self._semaphore:
+                        await self._deliver_safely(item, watch)
+                    last_post = time.monotonic()
+                finally:
+                    self._queued.discard(item.id)
+        finally:
+            # No await between the empty queue and here, so nothing can be queued in between.
+            self._workers.pop(channel, None)
+            self._queues.pop(channel, None)
 
     async def _deliver_safely(self, item: OutboxItem, watch: Watch) -> int:
+        """Deliver one notification; any failure defers it (with backoff), never blocks the rest."""
         try:
             return 1 if await self._deliver(item, watch) else 0
         except Exception as error:  # one bad notification must never block the rest
@@ -144,7 +174,7 @@ class Notifier:
     ) -> str | None:
         """Post with the key in metadata; None if this replica no longer holds the row."""
         recorded = await asyncio.to_thread(
-            self._store.record_attempt, item.id, self._owner, channel, thread_ts
+            self._store.record_attempt, item.id, self._owner, channel, thread_ts, self._lease_ttl
         )
         if not recorded:
             log.info("%s is no longer ours (sent or leased elsewhere); skipping", item.key)

@@ -410,12 +410,18 @@ def render_announcement_not_posted(
     job: FineTuningJob, user_id: str, channel_id: str, reason: str, now: int
 ) -> Reply:
     where = f"<#{channel_id}>" if _CHANNEL_ID.fullmatch(channel_id) else "this channel"
-    why = _NOT_POSTED_REASONS.get(reason, f"Slack said {_code(reason, 60)}")
-    notice = (
-        f":warning: The job was started, but I can't post in {where}: {why}. "
-        "Invite me with `/invite @finetune` (private channels need an invite) "
-        "so the outcome can be announced here."
-    )
+    if reason in _NOT_POSTED_REASONS:
+        notice = (
+            f":warning: The job was started, but I can't post in {where}: {_NOT_POSTED_REASONS[reason]}. "
+            "Invite me with `/invite @finetune` (private channels need an invite) "
+            "so the outcome can be announced here."
+        )
+    else:
+        # Slack had a bad moment (or refused for another reason): inviting the bot would not help.
+        notice = (
+            f":warning: The job was started, but Slack did not take my announcement in {where} "
+            f"({_code(reason, 60)}). I'll still try to post its outcome there when it ends."
+        )
     _, blocks = _announcement(job, user_id, now)
     text = f"Your fine-tuning job {_clip(job.id, ID_CHARS)} was started, but I can't post in this channel."
     return _reply(text, [_section(notice), *blocks])
@@ -438,7 +444,8 @@ def render_cancel_requested(job: FineTuningJob, now: int) -> Reply:
 def _openai_error_message(error: OpenAIError, job_id: str | None, action: str) -> str:
     if isinstance(error, NotFoundError):
         if job_id is None:
-            return "OpenAI could not find that."
+            # e.g. a model or file that does not exist: OpenAI's own words say which.
+            return f"OpenAI could not find that: {_clip(error.message, ERROR_CHARS)}"
         return f"No fine-tuning job {_code(job_id)} was found (check the id with `/finetune list`)."
     if isinstance(error, AuthenticationError | PermissionDeniedError):
         # Fixed wording on purpose: the error's own text could quote part of the key.

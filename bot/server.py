@@ -11,8 +11,9 @@ import contextlib
 import datetime
 import logging
 import os
+import re
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import uvicorn
@@ -61,11 +62,12 @@ def build_asgi(settings: Settings) -> Starlette:
     if store.engine.dialect.name == "sqlite":
         # SQLite means one process: leases left by a killed predecessor are ours to take now.
         store.release_all_leases()
-    notifier = Notifier(store, build_slack_client(settings, outbox=True), owner=owner, lease_ttl=lease_ttl)
+    posting_client = build_slack_client(settings, posting=True)
+    notifier = Notifier(store, posting_client, owner=owner, lease_ttl=lease_ttl)
     poller = Poller(
         store, openai, notifier, owner=owner, lease_ttl=lease_ttl, concurrency=settings.poll_concurrency
     )
-    runner = CommandRunner(openai, slack_client, store, admins=settings.admins)
+    runner = CommandRunner(openai, posting_client, store, admins=settings.admins)
     inflight = InFlight()
     register_listeners(
         app,
@@ -100,6 +102,11 @@ def build_asgi(settings: Settings) -> Starlette:
     )
 
     async def slack_events(request: Request) -> Response:
+        # slack_sdk's verifier raises (and Bolt answers 500 with a traceback) on a timestamp that
+        # is not an integer or a signature that is not ASCII; such a request is forged, so refuse
+        # it the way Bolt refuses a wrong signature.
+        if not _well_formed_signature(request.headers):
+            return JSONResponse({"error": "invalid request"}, status_code=401)
         return await slack_handler.handle(request)
 
     async def healthz(_: Request) -> Response:
@@ -127,8 +134,10 @@ def build_asgi(settings: Settings) -> Starlette:
             # Stop starting new work, then let what was promised finish (bounded: a platform
             # sends SIGKILL ~10 s after SIGTERM, and the outbox makes even that safe).
             scheduler.pause()
-            if not await inflight.drain(timeout=6):
+            if not await inflight.drain(timeout=4):
                 log.warning("stopping with %d replies or poll cycles unfinished", inflight.count)
+            if not await notifier.wait_idle(timeout=2):
+                log.warning("stopping with notifications queued; the outbox keeps them for the next start")
             if receiver is not None:
                 await receiver.drain()
             if socket_handler is not None:
@@ -144,6 +153,17 @@ def build_asgi(settings: Settings) -> Starlette:
     if receiver is not None:
         routes.append(Route("/openai/webhook", receiver.handle, methods=["POST"]))
     return Starlette(routes=routes, lifespan=lifespan)
+
+
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")
+_SIGNATURE = re.compile(r"v0=[0-9a-f]{64}")
+
+
+def _well_formed_signature(headers: Mapping[str, str]) -> bool:
+    return (
+        _TIMESTAMP.fullmatch(headers.get("x-slack-request-timestamp", "")) is not None
+        and _SIGNATURE.fullmatch(headers.get("x-slack-signature", "")) is not None
+    )
 
 
 class _Server(uvicorn.Server):

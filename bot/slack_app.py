@@ -16,16 +16,17 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.config import Settings
 
 
-def build_slack_client(settings: Settings, *, outbox: bool = False) -> AsyncWebClient:
+def build_slack_client(settings: Settings, *, posting: bool = False) -> AsyncWebClient:
     """slack_sdk retries nothing but connection errors by default; a 429 (`Retry-After`) or a 5xx
     from Slack should delay a message, not lose it.
 
-    The outbox's client retries only 429s, which Slack answers without posting. After a 5xx or a
-    dropped connection the post may have landed, so a blind retry could post twice; the notifier
-    instead defers the row, and the next attempt first asks Slack whether the message is there.
+    The client that posts messages (announcements, outcomes) retries only 429s, which Slack
+    answers without posting. After a 5xx or a dropped connection the post may have landed, so a
+    blind retry could post twice; the notifier instead defers the row, and its next attempt first
+    asks Slack whether the message is there.
     """
     handlers: list[AsyncRetryHandler] = [AsyncRateLimitErrorRetryHandler(max_retry_count=3)]
-    if not outbox:
+    if not posting:
         handlers += [
             AsyncConnectionErrorRetryHandler(max_retry_count=2),
             AsyncServerErrorRetryHandler(max_retry_count=2),

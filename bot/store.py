@@ -462,7 +462,9 @@ class Store:
             rows = conn.execute(sa.select(outbox).where(outbox.c.id.in_(ids)).order_by(outbox.c.id))
             return [OutboxItem.from_row(r) for r in rows]
 
-    def record_attempt(self, item_id: int, owner: str, channel: str, thread_ts: str | None) -> bool:
+    def record_attempt(
+        self, item_id: int, owner: str, channel: str, thread_ts: str | None, lease_ttl: float = 60.0
+    ) -> bool:
         """Durably note where a post is about to go, before posting. False if the lease was lost."""
         with self._tx() as conn:
             result = conn.execute(
@@ -473,6 +475,8 @@ class Store:
                     attempt_thread_ts=thread_ts,
                     attempt_started_at=time.time(),
                     attempts=outbox.c.attempts + 1,
+                    # A fresh lease for the post itself, however long the row waited in a queue.
+                    lease_expires_at=time.time() + lease_ttl,
                 )
             )
         return result.rowcount == 1
@@ -508,6 +512,11 @@ class Store:
     def outbox_items(self) -> list[OutboxItem]:
         with self.engine.connect() as conn:
             return [OutboxItem.from_row(r) for r in conn.execute(sa.select(outbox).order_by(outbox.c.id))]
+
+    def watches_by_id(self, watch_ids: set[int]) -> dict[int, Watch]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(watches).where(watches.c.id.in_(sorted(watch_ids))))
+            return {row.id: Watch.from_row(row) for row in rows}
 
     def watch(self, watch_id: int) -> Watch | None:
         with self.engine.connect() as conn:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import urllib.parse
 import uuid
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ class Harness:
         channel_id: str = "C123",
         secret: str = SIGNING_SECRET,
         timestamp: int | None = None,
+        skew: int = 0,
         tamper: bool = False,
     ) -> tuple[httpx.Response, str]:
         key = uuid.uuid4().hex
@@ -50,6 +52,8 @@ class Harness:
             text, user_id=user_id, channel_id=channel_id, response_url=self.slack.response_url(key)
         )
         body = urllib.parse.urlencode(fields)
+        if skew:
+            timestamp = (timestamp or int(time.time())) + skew
         headers = sign_slack_request(body, secret, timestamp)
         if tamper:
             body = body.replace("U123", "U999")

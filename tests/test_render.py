@@ -537,8 +537,12 @@ def test_announcement_not_posted(reason: str) -> None:
     reply = render.render_announcement_not_posted(job(), "U123ABC", "C0123", reason, NOW)
     assert_fits_slack(reply)
     text = everything(reply)
-    assert "The job was started, but I can't post in <#C0123>" in text
-    assert "`/invite @finetune`" in text
+    if reason == "something_new":
+        # Not a refusal of the bot: inviting it would not help, so the reply does not say to.
+        assert "Slack did not take my announcement in <#C0123>" in text and "/invite" not in text
+    else:
+        assert "The job was started, but I can't post in <#C0123>" in text
+        assert "`/invite @finetune`" in text
     assert "<@U123ABC> started a fine-tuning job `ftjob-abc123`" in text
     assert "ftjob-abc123" in reply.text
 
@@ -565,7 +569,12 @@ SECRET = "Incorrect API key provided: sk-proj-abc***wxyz"
             "No fine-tuning job `ftjob-abc123` was found (check the id with `/finetune list`).",
             "nope",
         ),
-        (NotFoundError("nope", status=404), None, "OpenAI could not find that.", "nope"),
+        (
+            NotFoundError("The model `gpt-x` does not exist", status=404),
+            None,
+            "does not exist",
+            "No fine-tuning job",
+        ),
         (AuthenticationError(SECRET, status=401), None, "OpenAI refused the bot's credentials", "sk-proj"),
         (
             PermissionDeniedError(SECRET, status=403, param="sk-proj"),

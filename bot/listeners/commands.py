@@ -7,6 +7,7 @@ OpenAI's latency, and the answer follows through `response_url`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -15,9 +16,35 @@ from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
 from bot import render
 from bot.commands import HelpCommand, ParseError, parse_command
 from bot.inflight import InFlight
+from bot.openai_client import parse_retry_after
 from bot.runner import CommandRunner, Invocation
 
 COMMAND = "/finetune"
+REPLY_ATTEMPTS = 3
+
+
+async def send_reply(
+    respond: AsyncRespond, reply: render.Reply, logger: logging.Logger, *, what: str
+) -> None:
+    """Reply through response_url. slack_sdk raises only on connection errors and hands back any
+    HTTP status, so a 429 or 5xx would drop the reply silently: retry those a few times (honouring
+    Retry-After), and log what still fails — the user can be reached no other way."""
+    for attempt in range(REPLY_ATTEMPTS):
+        try:
+            response = await respond(response_type="ephemeral", replace_original=False, **reply.as_kwargs())
+        except Exception as error:
+            status, retry_after = None, None
+            failure = type(error).__name__
+        else:
+            if 200 <= response.status_code < 300:
+                return
+            status, failure = response.status_code, f"HTTP {response.status_code}"
+            retry_after = parse_retry_after((response.headers or {}).get("retry-after"))
+        retryable = status is None or status == 429 or status >= 500
+        if not retryable or attempt == REPLY_ATTEMPTS - 1:
+            logger.warning("could not reply to %s through response_url: %s", what, failure)
+            return
+        await asyncio.sleep(min(10.0, retry_after if retry_after is not None else 0.5 * 2**attempt))
 
 
 def register(
@@ -57,10 +84,6 @@ def register(
                 logger.exception("/finetune %s failed", type(parsed).__name__)
                 reply = render.render_internal_error()
             if reply is not None:
-                try:
-                    await respond(response_type="ephemeral", replace_original=False, **reply.as_kwargs())
-                except Exception:
-                    # response_url down or hung: nothing more can reach this user; say so in the logs.
-                    logger.exception("could not reply to /finetune %s", type(parsed).__name__)
+                await send_reply(respond, reply, logger, what=f"/finetune {type(parsed).__name__}")
 
     app.command(COMMAND)(finetune)
