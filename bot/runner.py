@@ -154,36 +154,38 @@ class CommandRunner:
     async def _announce_and_watch(
         self, job: FineTuningJob, invocation: Invocation, message: render.Reply, *, origin: str
     ) -> render.Reply | None:
-        """Post the parent message in the channel, then record the watch the outcome threads under."""
-        reply: render.Reply | None = None
-        ts: str | None = None
-        try:
-            response = await self._slack.chat_postMessage(
-                channel=invocation.channel_id, unfurl_links=False, unfurl_media=False, **message.as_kwargs()
-            )
-            ts = str(response["ts"])
-        except SlackApiError as error:
-            reason = str(error.response.get("error") or "unknown_error")
-            if reason not in CHANNEL_REFUSED:
-                log.error("could not announce %s in %s: %s", job.id, invocation.channel_id, reason)
-            reply = render.render_announcement_not_posted(
-                job, invocation.user_id, invocation.channel_id, reason, self._now()
-            )
-        except Exception:
-            # The job exists whatever Slack does: the user must still hear about it.
-            log.exception("could not announce %s in %s", job.id, invocation.channel_id)
-            reply = render.render_announcement_not_posted(
-                job, invocation.user_id, invocation.channel_id, "slack_unavailable", self._now()
-            )
-        await asyncio.to_thread(
+        """Record the watch, post the parent message in the channel, then note where it is.
+
+        The watch comes first so that nothing can lose it: if the post fails or the process dies
+        before the `ts` is noted, the outcome is still announced, in the channel instead of a thread.
+        """
+        watch, _ = await asyncio.to_thread(
             self._store.add_watch,
             job_id=job.id,
             team_id=invocation.team_id,
             channel_id=invocation.channel_id,
             user_id=invocation.user_id,
-            announcement_ts=ts,
+            announcement_ts=None,
             job_created_at=job.created_at,
             status=job.status,
             origin=origin,
         )
-        return reply
+        try:
+            response = await self._slack.chat_postMessage(
+                channel=invocation.channel_id, unfurl_links=False, unfurl_media=False, **message.as_kwargs()
+            )
+        except SlackApiError as error:
+            reason = str(error.response.get("error") or "unknown_error")
+            if reason not in CHANNEL_REFUSED:
+                log.error("could not announce %s in %s: %s", job.id, invocation.channel_id, reason)
+            return render.render_announcement_not_posted(
+                job, invocation.user_id, invocation.channel_id, reason, self._now()
+            )
+        except Exception:
+            # The job exists whatever Slack does: the user must still hear about it.
+            log.exception("could not announce %s in %s", job.id, invocation.channel_id)
+            return render.render_announcement_not_posted(
+                job, invocation.user_id, invocation.channel_id, "slack_unavailable", self._now()
+            )
+        await asyncio.to_thread(self._store.set_announcement, watch.id, str(response["ts"]))
+        return None

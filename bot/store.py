@@ -285,6 +285,11 @@ class Store:
             ).one()
         return Watch.from_row(row), inserted is not None
 
+    def set_announcement(self, watch_id: int, ts: str) -> None:
+        """Note the parent message's ts: the outcome is threaded under the latest announcement."""
+        with self._tx() as conn:
+            conn.execute(watches.update().where(watches.c.id == watch_id).values(announcement_ts=ts))
+
     def get_watch(self, job_id: str, channel_id: str) -> Watch | None:
         with self.engine.connect() as conn:
             row = conn.execute(

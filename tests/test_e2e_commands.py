@@ -125,12 +125,16 @@ def test_events_are_oldest_to_newest(h: Harness) -> None:
 
 
 def test_cancel_cancels(h: Harness) -> None:
-    job = h.openai.add_job()
-    _, key = h.command(f"cancel {job['id']}")
+    # A job this user started from Slack (who may cancel what: tests/test_e2e_access.py).
+    h.command("create file-abc123", user_id="U123")
+    h.openai.wait_for(lambda f: f.jobs)
+    [job_id] = h.openai.jobs
+    h.slack.wait_for(lambda s: s.messages)
+    _, key = h.command(f"cancel {job_id}", user_id="U123")
     text = all_text(h.reply(key))
-    assert job["id"] in text
-    assert h.openai.jobs[job["id"]]["status"] == "cancelled"
-    assert len(h.openai.requests_to(rf"^/fine_tuning/jobs/{job['id']}/cancel$", "POST")) == 1
+    assert job_id in text and "Cancellation requested" in text
+    assert h.openai.jobs[job_id]["status"] == "cancelled"
+    assert len(h.openai.requests_to(rf"^/fine_tuning/jobs/{job_id}/cancel$", "POST")) == 1
 
 
 # -- requests that are not from Slack --------------------------------------------------------------
