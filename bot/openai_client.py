@@ -150,8 +150,10 @@ class FineTuningClient:
         project: str | None = None,
         retry: RetryPolicy | None = None,
         sleep: Callable[[float], Any] = asyncio.sleep,
+        max_concurrency: int = 20,
     ) -> None:
         self._http = http
+        self._slots = asyncio.Semaphore(max_concurrency)
         self._base_url = base_url.rstrip("/")
         self._headers = {"Authorization": f"Bearer {api_key}", "Accept": "application/json"}
         if organization:
@@ -277,16 +279,20 @@ class FineTuningClient:
         deadline = time.monotonic() + policy.total_budget
         attempt = 0
         while True:
-            remaining = deadline - time.monotonic()
             try:
-                response = await self._http.request(
-                    method,
-                    url,
-                    params=params,
-                    json=json,
-                    headers=headers,
-                    timeout=_attempt_timeout(self._http.timeout, remaining),
-                )
+                # Wait here, not in httpx's pool: with hundreds of requests queued, httpcore rescans
+                # its whole queue each time a connection frees up, burning the CPU that Slack
+                # acknowledgements need (measured by bench/ack.py).
+                async with self._slots:
+                    remaining = deadline - time.monotonic()
+                    response = await self._http.request(
+                        method,
+                        url,
+                        params=params,
+                        json=json,
+                        headers=headers,
+                        timeout=_attempt_timeout(self._http.timeout, remaining),
+                    )
             except httpx.TimeoutException:
                 error: OpenAIError = UnavailableError("OpenAI did not answer in time.")
                 retry_after = None

@@ -49,6 +49,7 @@ def build_asgi(settings: Settings) -> Starlette:
         base_url=settings.openai_base_url,
         organization=settings.openai_organization,
         project=settings.openai_project,
+        max_concurrency=settings.openai_max_connections,
     )
     slack_client = build_slack_client(settings)
     app = build_app(settings, slack_client)

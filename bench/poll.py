@@ -1,0 +1,178 @@
+"""2. Poll cost: what one poll cycle costs OpenAI (requests) and the bot (wall time).
+
+N watched jobs, all running and staying so; every OpenAI call takes 50 ms. The bot runs with
+POLL_INTERVAL_SECONDS=1 so cycles follow one another; each cycle is read from the fake's request
+log (it starts with `GET /fine_tuning/jobs` without `after`). The first cycle also claims every
+lease, so it is reported apart from the steady state.
+
+For comparison, in the same run and against the same fake, the naive strategy: for each job, one
+after another, retrieve it and list its events (what a bot without list pagination does).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from bench.common import (
+    FunctionalError,
+    Result,
+    TimedFakeOpenAI,
+    cycle_starts,
+    database,
+    fakes,
+    log,
+    logged_cycle_seconds,
+    ms,
+    outcome_messages,
+    poll_cycles,
+    running_bot,
+    secs,
+    seed_jobs,
+    seed_watches,
+    skipped_cycles,
+    store_unavailable,
+    wait_until,
+)
+
+GOAL_CYCLE = 2.0
+LATENCY = 0.05
+
+
+def naive_cycle(openai: TimedFakeOpenAI, job_ids: list[str]) -> tuple[int, float]:
+    """Retrieve each job and list its events, one after another: (requests, seconds)."""
+    before = len(openai.requests)
+    headers = {"Authorization": f"Bearer {openai.api_key}"}
+    started = time.perf_counter()
+    with httpx.Client(base_url=openai.base_url, headers=headers, timeout=30) as client:
+        for job_id in job_ids:
+            client.get(f"/fine_tuning/jobs/{job_id}").raise_for_status()
+            client.get(f"/fine_tuning/jobs/{job_id}/events").raise_for_status()
+    return len(openai.requests) - before, time.perf_counter() - started
+
+
+def run(quick: bool, stores: list[str]) -> Result:
+    jobs_count = 100 if quick else 1000
+    cycles_wanted = 2 if quick else 6  # the first (lease claiming) plus steady ones
+    # The naive strategy costs about 2 requests of 55 ms per job; quick mode times a sample of
+    # it and scales it up.
+    naive_sample = 10 if quick else jobs_count
+    goal_requests = math.ceil(jobs_count / 100) + 1
+    result = Result(
+        "poll",
+        "2. Poll cost",
+        params={
+            "watched_running_jobs": jobs_count,
+            "openai_latency_s": LATENCY,
+            "poll_interval_s": 1,
+            "poll_concurrency": 8,
+            "cycles_measured": cycles_wanted,
+            "naive_jobs_timed": naive_sample,
+        },
+    )
+    job_ids: list[str] = []
+    for kind in stores:
+        reason = store_unavailable(kind)
+        if reason:
+            result.skip(f"{kind}: {reason}")
+            continue
+        with (
+            fakes() as (openai, slack),
+            tempfile.TemporaryDirectory(prefix=f"bench-poll-{kind}-") as tmp,
+            database(kind, Path(tmp)) as db_url,
+        ):
+            log(f"poll/{kind}: seeding {jobs_count} running jobs and watches")
+            jobs = seed_jobs(openai, jobs_count)
+            job_ids = [job["id"] for job in jobs]
+            seed_watches(db_url, jobs, ["C0001"])
+            openai.latency = LATENCY
+            with running_bot(openai, slack, Path(tmp), DATABASE_URL=db_url, POLL_INTERVAL_SECONDS="1") as bot:
+                log(f"poll/{kind}: waiting for {cycles_wanted} complete cycles")
+                done = wait_until(
+                    lambda: cycle_starts(openai) > cycles_wanted, 30 + 5 * cycles_wanted, bot=bot
+                )
+                logs = bot.logs
+            if not done:
+                raise FunctionalError(f"poll/{kind}: fewer than {cycles_wanted} poll cycles in time")
+            cycles = poll_cycles(openai.spans)[:cycles_wanted]
+            if outcome_messages(slack) or slack.messages:
+                result.fail(f"{kind}: nothing changed, yet {len(slack.messages)} messages were posted")
+            kinds = {(s.method, s.path) for s in openai.spans}
+            first, steady = cycles[0], cycles[1:]
+            requests = [c.requests for c in steady]
+            walls = [c.end - c.start for c in steady]
+            own = [c.end - c.start - c.openai_seconds for c in steady]
+            logged = logged_cycle_seconds(logs)[1:cycles_wanted]
+            result.figures[kind] = {
+                "first_cycle": {"requests": first.requests, "seconds": first.end - first.start},
+                "steady_requests_per_cycle": requests,
+                "steady_cycle_seconds": walls,
+                "steady_cycle_seconds_median": statistics.median(walls),
+                "steady_cycle_seconds_max": max(walls),
+                "openai_seconds_per_cycle_median": statistics.median(c.openai_seconds for c in steady),
+                "bot_seconds_between_requests_median": statistics.median(own),
+                # What the fake adds to the configured 50 ms (JSON of 100 jobs, sorting): small.
+                "fake_serving_seconds_per_request_median": openai.serving_seconds(),
+                "logged_cycle_seconds": logged,
+                "skipped_ticks": skipped_cycles(logs),
+                "request_kinds": sorted(f"{m} {p}" for m, p in kinds),
+            }
+            variant = f"bot, {kind}"
+            result.row(
+                variant,
+                "OpenAI requests per cycle",
+                f"{max(requests)} (first cycle {first.requests})",
+                f"≤ {goal_requests}",
+                max(requests) <= goal_requests,
+            )
+            result.row(
+                variant,
+                "cycle wall time, median / max",
+                f"{secs(statistics.median(walls))} / {secs(max(walls))}"
+                f" (first {secs(first.end - first.start)})",
+                f"< {GOAL_CYCLE:g} s",
+                max(walls) < GOAL_CYCLE,
+            )
+            result.row(
+                variant,
+                "bot's own time between requests / fake's per request (median)",
+                f"{ms(statistics.median(own))} / {ms(openai.serving_seconds())}"
+                + (f"; whole cycle incl. DB (bot log) {secs(statistics.median(logged))}" if logged else ""),
+            )
+
+    if job_ids:
+        # Same fake state and latency, the bot stopped so the two do not compete for the CPU.
+        with fakes() as (openai, _slack):
+            jobs = seed_jobs(openai, naive_sample)
+            openai.latency = LATENCY
+            log(f"poll/naive: retrieve + list events for {naive_sample} jobs, one after another")
+            count, seconds = naive_cycle(openai, [job["id"] for job in jobs])
+        scale = jobs_count / naive_sample
+        result.figures["naive"] = {
+            "jobs_timed": naive_sample,
+            "requests": count,
+            "seconds": seconds,
+            "requests_per_cycle": round(count * scale),
+            "cycle_seconds": seconds * scale,
+        }
+        note = "" if scale == 1 else f" (timed on {naive_sample} jobs, scaled up {scale:g} times)"
+        result.row(
+            "naive (retrieve + events, sequential)",
+            "OpenAI requests per cycle",
+            f"{round(count * scale)}{note}",
+            f"≤ {goal_requests}",
+            round(count * scale) <= goal_requests,
+        )
+        result.row(
+            "naive (retrieve + events, sequential)",
+            "cycle wall time",
+            f"{secs(seconds * scale)}{note}",
+            f"< {GOAL_CYCLE:g} s",
+            seconds * scale < GOAL_CYCLE,
+        )
+    return result
