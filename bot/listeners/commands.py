@@ -1,7 +1,7 @@
 """The `/finetune` slash command: acknowledge at once, then do the work and reply.
 
-Bad input and help are answered in the acknowledgement itself (no OpenAI call, nothing to wait
-for). Everything else is acknowledged empty first, so Slack's 3-second limit holds whatever
+Bad input, help and refusals are answered in the acknowledgement itself (no OpenAI call, nothing
+to wait for). Everything else is acknowledged empty first, so Slack's 3-second limit holds whatever
 OpenAI's latency, and the answer follows through `response_url`.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
 
 from bot import render
-from bot.commands import HelpCommand, ParseError, parse_command
+from bot.commands import Command, HelpCommand, ParseError, parse_command
 from bot.inflight import InFlight
 from bot.openai_client import parse_retry_after
 from bot.runner import CommandRunner, Invocation
@@ -55,26 +55,31 @@ def register(
     inflight: InFlight,
     allowed_channels: frozenset[str] = frozenset(),
 ) -> None:
-    async def finetune(
-        ack: AsyncAck, command: dict[str, Any], respond: AsyncRespond, logger: logging.Logger
-    ) -> None:
-        channel_id = str(command.get("channel_id") or "")
-        if allowed_channels and channel_id not in allowed_channels:
-            await ack(
-                response_type="ephemeral", **render.render_channel_not_allowed(allowed_channels).as_kwargs()
-            )
-            return
+    def triage(command: dict[str, Any]) -> tuple[render.Reply | None, Command | None]:
+        """What to say in the ack itself (refusals, help, bad input), or the command to carry out."""
+        if allowed_channels and str(command.get("channel_id") or "") not in allowed_channels:
+            return render.render_channel_not_allowed(allowed_channels), None
         parsed = parse_command(command.get("text") or "", default_model=default_model)
         if isinstance(parsed, HelpCommand):
-            await ack(response_type="ephemeral", **render.render_help(COMMAND).as_kwargs())
-            return
+            return render.render_help(COMMAND), None
         if isinstance(parsed, ParseError):
-            await ack(response_type="ephemeral", **render.render_parse_error(parsed, COMMAND).as_kwargs())
+            return render.render_parse_error(parsed, COMMAND), None
+        return None, parsed
+
+    async def acknowledge(ack: AsyncAck, command: dict[str, Any]) -> None:
+        answer, _ = triage(command)
+        if answer is not None:
+            await ack(response_type="ephemeral", **answer.as_kwargs())
+        else:
+            await ack()
+
+    async def carry_out(command: dict[str, Any], respond: AsyncRespond, logger: logging.Logger) -> None:
+        _, parsed = triage(command)
+        if parsed is None:
             return
-        await ack()
         invocation = Invocation(
             team_id=str(command.get("team_id") or ""),
-            channel_id=channel_id,
+            channel_id=str(command.get("channel_id") or ""),
             user_id=str(command.get("user_id") or ""),
         )
         async with inflight.track():
@@ -86,4 +91,6 @@ def register(
             if reply is not None:
                 await send_reply(respond, reply, logger, what=f"/finetune {type(parsed).__name__}")
 
-    app.command(COMMAND)(finetune)
+    # Bolt answers Slack as soon as `acknowledge` returns; `carry_out` runs after, as its own task
+    # (a "lazy listener"), so no OpenAI latency can ever delay the acknowledgement.
+    app.command(COMMAND)(ack=acknowledge, lazy=[carry_out])
