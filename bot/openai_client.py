@@ -1,6 +1,7 @@
 """A small async client for OpenAI's fine-tuning REST API, on one shared `httpx.AsyncClient`.
 
-Methods mirror the spec's operations one to one (see ../shared/specs/openai-fine-tuning.openapi.json).
+Methods mirror the spec's operations one to one (the tests keep an extract of OpenAI's spec in
+tests/specs/openai-fine-tuning.openapi.json).
 Errors become a small hierarchy keyed by HTTP status, as openai-python does; retries live in one
 place (`_request`): 408, 409, 429 (not `insufficient_quota`, which waiting does not clear), 5xx,
 timeouts and connection errors, with exponential backoff and full jitter, honouring `Retry-After`,

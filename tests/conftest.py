@@ -14,8 +14,19 @@ _REPO_ROOT = str(Path(__file__).resolve().parents[1])
 if _REPO_ROOT not in sys.path:
     sys.path.insert(0, _REPO_ROOT)
 
+from tests import self_contained  # noqa: E402 - needs the sys.path entry above
 from tests.bot_process import BotProcess  # noqa: E402 - needs the sys.path entry above
 from tests.fakes import FakeOpenAI, FakeSlack  # noqa: E402 - needs the sys.path entry above
+
+self_contained.install()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_read_outside_the_repository() -> Iterator[None]:
+    """After the whole session: the suite opened nothing beside the repository."""
+    yield
+    outside = self_contained.paths_opened_outside()
+    assert outside == [], f"the tests read outside the repository: {outside[:5]}"
 
 
 @pytest.fixture(scope="session", autouse=True)

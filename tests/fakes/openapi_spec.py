@@ -1,4 +1,4 @@
-"""Load the shared OpenAI OpenAPI extract and turn its schemas into Draft 2020-12 validators.
+"""Load the OpenAI OpenAPI extract kept in tests/specs/ and turn its schemas into Draft 2020-12 validators.
 
 The file says ``openapi: 3.1.0`` but still uses OpenAPI 3.0 idioms that JSON Schema 2020-12 does not
 understand (``nullable: true``; boolean ``exclusiveMinimum`` next to ``minimum``). Fed to jsonschema
@@ -63,11 +63,12 @@ RELAXATIONS: dict[str, str] = {
 
 
 def default_specs_dir() -> Path:
-    """``<repo>/../shared/specs``, overridable with ``FINETUNE_SPECS_DIR``."""
+    """``<repo>/tests/specs`` (a copy kept in the repository, see its README), overridable with
+    ``FINETUNE_SPECS_DIR`` to try a newer extract before refreshing the copy."""
     override = os.environ.get("FINETUNE_SPECS_DIR")
     if override:
         return Path(override)
-    return Path(__file__).resolve().parents[2].parent / "shared" / "specs"
+    return Path(__file__).resolve().parents[1] / "specs"
 
 
 def convert_schema(schema: Any) -> Any:
