@@ -45,6 +45,7 @@ class Settings:
     allowed_channels: frozenset[str] = frozenset()
     openai_webhook_secret: str | None = field(default=None, repr=False)
     reconcile_interval_seconds: float = 300.0
+    database_wait_seconds: float = 30.0
 
     @property
     def socket_mode(self) -> bool:
@@ -70,6 +71,22 @@ class Settings:
         ]
         password = urlsplit(self.database_url).password
         return [v for v in [*values, password] if v]
+
+
+def database_url_problem(url: str) -> str | None:
+    """Cheap syntax checks, so a mistyped DATABASE_URL is reported with the other configuration
+    problems (connecting, and what can go wrong there, is bot/database.py's business)."""
+    if re.match(r"^(sqlite|postgres(ql)?)(\+\w+)?://", url) is None:
+        return "DATABASE_URL must be a sqlite:/// path or a postgresql:// URL"
+    parts = urlsplit(url)
+    if "," in parts.netloc:
+        return None  # libpq's several hosts (h1:5432,h2:5432): leave them to the driver
+    try:
+        parts.port  # noqa: B018 - urlsplit checks the port only when asked
+    except ValueError:
+        port = parts.netloc.rpartition("@")[2].rpartition(":")[2]
+        return f"DATABASE_URL: port {port!r} is not a number from 1 to 65535"
+    return None
 
 
 def _usable_webhook_secret(secret: str) -> bool:
@@ -145,8 +162,9 @@ def load_settings(env: Mapping[str, str]) -> Settings | list[str]:
         problems.append(f"DEFAULT_MODEL is not a model name: {default_model!r}")
 
     database_url = text("DATABASE_URL") or DEFAULT_DATABASE_URL
-    if re.match(r"^(sqlite|postgres(ql)?)(\+\w+)?://", database_url) is None:
-        problems.append("DATABASE_URL must be a sqlite:/// path or a postgresql:// URL")
+    database_problem = database_url_problem(database_url)
+    if database_problem is not None:
+        problems.append(database_problem)
 
     webhook_secret = text("OPENAI_WEBHOOK_SECRET")
     if webhook_secret is not None and not _usable_webhook_secret(webhook_secret):
@@ -192,5 +210,6 @@ def load_settings(env: Mapping[str, str]) -> Settings | list[str]:
         allowed_channels=allowed_channels,
         openai_webhook_secret=webhook_secret,
         reconcile_interval_seconds=number("RECONCILE_INTERVAL_SECONDS", 300.0, 1, 86_400),
+        database_wait_seconds=number("DATABASE_WAIT_SECONDS", 30.0, 0, 600),
     )
     return problems or settings

@@ -59,7 +59,13 @@ def main() -> int:
     problem = asyncio.run(check_slack_token(settings))
     if problem:
         return refuse([problem])
+    from bot.database import DatabaseProblem, open_database
+
+    try:
+        store = open_database(settings.database_url, wait_seconds=settings.database_wait_seconds)
+    except DatabaseProblem as error:
+        return refuse([str(error)])
     from bot.server import serve  # heavy imports only once the configuration is known good
 
-    serve(settings)
+    serve(settings, store)
     return 0

@@ -40,7 +40,9 @@ from bot.webhooks import WebhookReceiver
 log = logging.getLogger(__name__)
 
 
-def build_asgi(settings: Settings) -> Starlette:
+def build_asgi(settings: Settings, store: Store) -> Starlette:
+    """`store` is open and migrated (bot.database.open_database), so a bad DATABASE_URL stopped
+    the service at start, with one clear line, before any Slack traffic was accepted."""
     http = build_http_client(
         max_connections=settings.openai_max_connections, timeout=settings.openai_timeout_seconds
     )
@@ -54,9 +56,6 @@ def build_asgi(settings: Settings) -> Starlette:
     )
     slack_client = build_slack_client(settings)
     app = build_app(settings, slack_client)
-    # Opening the database (and creating or upgrading its schema) happens before Slack traffic
-    # is accepted, so a bad DATABASE_URL stops the service at start, not at the first command.
-    store = Store.from_url(settings.database_url)
     owner = f"{socket.gethostname()}:{settings.port}:{os.getpid()}"
     # A lease outlives several cycles, so a slow cycle never hands a watch to another replica.
     interval = settings.effective_poll_interval
@@ -179,9 +178,9 @@ class _Server(uvicorn.Server):
         self._captured_signals.clear()
 
 
-def serve(settings: Settings) -> None:
+def serve(settings: Settings, store: Store) -> None:
     config = uvicorn.Config(
-        build_asgi(settings),
+        build_asgi(settings, store),
         host=settings.host,
         port=settings.port,
         log_config=None,  # keep our handlers (and their secret redaction)

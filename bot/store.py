@@ -27,6 +27,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 SCHEMA_VERSION = 1
+# libpq waits for the OS (minutes) on a host that drops packets; a poll cycle or a start-up wait
+# should hear "no answer" well before that.
+CONNECT_TIMEOUT_SECONDS = 10
 
 metadata = sa.MetaData()
 
@@ -179,7 +182,13 @@ def create_engine(url: str) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    return sa.create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=5,
+        max_overflow=5,
+        connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS},
+    )
 
 
 class Store:
