@@ -79,6 +79,13 @@ def database_url_problem(url: str) -> str | None:
     if re.match(r"^(sqlite|postgres(ql)?)(\+\w+)?://", url) is None:
         return "DATABASE_URL must be a sqlite:/// path or a postgresql:// URL"
     parts = urlsplit(url)
+    if "@" not in parts.netloc and "@" in url.split("://", 1)[1]:
+        # The password has a character that ends the host part early; echoing what was parsed
+        # as a host or port would echo part of the password.
+        return (
+            "DATABASE_URL cannot be read: percent-encode special characters in the password "
+            "(/ # ? @ : as %2F %23 %3F %40 %3A)"
+        )
     if "," in parts.netloc:
         return None  # libpq's several hosts (h1:5432,h2:5432): leave them to the driver
     try:

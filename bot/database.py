@@ -95,10 +95,10 @@ def open_database(
     clock: Callable[[], float] = time.monotonic,
 ) -> Store:
     """Connect and migrate, waiting up to `wait_seconds` for a database that is not up yet."""
-    target = Target.from_url(url)
     syntax = database_url_problem(url)
     if syntax is not None:
         raise DatabaseProblem(syntax)
+    target = Target.from_url(url)
     if target.sqlite_path is not None:
         _prepare_sqlite_file(target.sqlite_path)
     started = clock()

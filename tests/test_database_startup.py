@@ -335,3 +335,7 @@ def test_database_wait_seconds_setting() -> None:
         "DATABASE_URL: port '54x32' is not a number from 1 to 65535"
     )
     assert database_url_problem("postgresql://h1:5432,h2:5432/db") is None  # libpq's several hosts
+    # A password with an unencoded "/" must not be echoed as if it were a port.
+    problem = database_url_problem("postgresql://u:pa/ss-word@h:5432/db")
+    assert problem is not None and "percent-encode" in problem
+    assert "'pa'" not in problem and "ss-word" not in problem
