@@ -167,6 +167,7 @@ def run(quick: bool, stores: list[str]) -> Result:
             f"{round(count * scale)}{note}",
             f"≤ {goal_requests}",
             round(count * scale) <= goal_requests,
+            baseline=True,
         )
         result.row(
             "naive (retrieve + events, sequential)",
@@ -174,5 +175,6 @@ def run(quick: bool, stores: list[str]) -> Result:
             f"{secs(seconds * scale)}{note}",
             f"< {GOAL_CYCLE:g} s",
             seconds * scale < GOAL_CYCLE,
+            baseline=True,
         )
     return result

@@ -5,14 +5,57 @@ from __future__ import annotations
 import time
 import urllib.parse
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
+import sqlalchemy as sa
 
+from bot.store import normalise_url
 from tests.bot_process import BOT_TOKEN, OPENAI_KEY, SIGNING_SECRET, BotProcess
 from tests.fakes import FakeOpenAI, FakeSlack, sign_slack_request
+from tests.fakes.openai import RecordedRequest
+
+T = TypeVar("T")
+
+
+def wait_until(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
+    """Poll ``predicate()`` until it is truthy and return its value; fail saying `what` was awaited.
+
+    For conditions the fakes cannot see (database rows, log lines); for traffic that reached a
+    fake, use its own ``wait_for``.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
+
+
+def query_db(url: str, sql: str, **params: Any) -> list[sa.Row[Any]]:
+    """Read the bot's database from the test (its own short-lived engine, so never a lock held)."""
+    engine = sa.create_engine(normalise_url(url))
+    try:
+        with engine.connect() as conn:
+            return list(conn.execute(sa.text(sql), params))
+    finally:
+        engine.dispose()
+
+
+@dataclass(frozen=True)
+class Control:
+    """A valid command sent after the requests under test, and answered (see Harness.control)."""
+
+    key: str
+    job_id: str
+
+    def owns(self, request: RecordedRequest) -> bool:
+        return request.path == f"/fine_tuning/jobs/{self.job_id}"
 
 
 def bot_env(openai: FakeOpenAI, slack: FakeSlack, **extra: str) -> dict[str, str]:
@@ -63,6 +106,57 @@ class Harness:
     def reply(self, key: str, timeout: float = 10.0) -> dict[str, Any]:
         self.slack.wait_for(lambda s: s.responses_for(key), timeout=timeout)
         return self.slack.responses_for(key)[0].json
+
+    @property
+    def db_url(self) -> str:
+        """The bot's database (the default SQLite file lives in its working directory)."""
+        return self.bot.env.get("DATABASE_URL") or f"sqlite:///{self.bot.workdir / 'finetune-bot.db'}"
+
+    def watch_status(self, job_id: str, channel_id: str = "C123") -> str | None:
+        """The job's status as the poller last recorded it for this channel's watch."""
+        rows = query_db(
+            self.db_url,
+            "SELECT last_status FROM finetune_watches WHERE job_id = :job AND channel_id = :channel",
+            job=job_id,
+            channel=channel_id,
+        )
+        return rows[0][0] if rows else None
+
+    def wait_poll_cycles(self, count: int = 2, *, replicas: int = 1, timeout: float = 30.0) -> None:
+        """Wait until `replicas` replicas have each started `count` poll cycles after this call.
+
+        A cycle starts with a heartbeat (finetune_replicas) and cycles never overlap, so when the
+        second has started the first has finished, delivery included: a "still exactly one" check
+        made after this has seen at least one complete cycle, however slow the machine.
+        """
+        since = time.time()
+        seen: dict[str, set[float]] = {}
+
+        def enough() -> bool:
+            for replica, beat in query_db(
+                self.db_url, "SELECT id, heartbeat_at FROM finetune_replicas WHERE heartbeat_at > :t", t=since
+            ):
+                seen.setdefault(replica, set()).add(beat)
+            return len([r for r, beats in seen.items() if len(beats) >= count]) >= replicas
+
+        wait_until(enough, timeout, f"{count} poll cycles on {replicas} replica(s)")
+
+    def control(self, *, channel_id: str = "CCONTROL", user_id: str = "UCONTROL") -> Control:
+        """Positive control for a "nothing happened" check: send a valid command now and wait for
+        its answer, which takes a round trip to OpenAI and one to Slack. Whatever work the requests
+        sent before it had started would have shown by then too, so a slow bot cannot make the
+        check pass vacuously. Its own traffic is recognisable: `Control.owns`, `Control.key`."""
+        job_id = f"ftjob-control{uuid.uuid4().hex[:12]}"
+        response, key = self.command(f"get {job_id}", channel_id=channel_id, user_id=user_id)
+        assert response.status_code == 200, response.text
+        assert job_id in all_text(self.reply(key)), "the control command was not answered"
+        return Control(key, job_id)
+
+    def openai_requests_besides(self, control: Control) -> list[RecordedRequest]:
+        return [r for r in self.openai.requests if not control.owns(r)]
+
+    def responses_besides(self, control: Control) -> list[Any]:
+        return [r for r in self.slack.responses if r.key != control.key]
 
     def assert_no_secrets(self) -> None:
         everything = self.bot.logs + repr([c.params for c in self.slack.calls])

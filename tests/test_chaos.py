@@ -17,10 +17,13 @@ import sqlalchemy as sa
 from tests.bot_process import BotProcess
 from tests.db import PG_ADMIN_URL, fresh_postgres_database
 from tests.fakes import FakeOpenAI, FakeSlack
-from tests.harness import Harness, bot_env, start_bot
+from tests.harness import Harness, bot_env, start_bot, wait_until
 from tests.test_e2e_notifications import outcomes, start_job
 
 JOBS = 50
+# Log lines (bot/poller.py; APScheduler's own when the previous run has not finished).
+FAILED = "poll cycle failed"
+SKIPPED = "maximum number of running instances reached"
 
 
 def seed_watches(h: Harness, count: int) -> list[str]:
@@ -29,7 +32,7 @@ def seed_watches(h: Harness, count: int) -> list[str]:
 
 def assert_exactly_once(h: Harness, jobs: list[str], timeout: float) -> None:
     h.slack.wait_for(lambda s: all(outcomes(h, j) for j in jobs), timeout=timeout)
-    time.sleep(2.5)  # a few more cycles: nothing more may appear
+    h.wait_poll_cycles(2)  # a complete cycle after the last post: nothing more may appear
     counts = {j: len(outcomes(h, j)) for j in jobs}
     assert counts == {j: 1 for j in jobs}, {j: c for j, c in counts.items() if c != 1}
 
@@ -51,7 +54,7 @@ def test_random_kills_while_50_jobs_finish(
             # A handful of jobs end, then at a random moment the bot dies without warning.
             for _ in range(min(len(pending), rng.randint(3, 9))):
                 fake_openai.set_status(pending.pop(), rng.choice(statuses))
-            time.sleep(rng.uniform(0.0, 1.6))
+            time.sleep(rng.uniform(0.0, 1.6))  # deliberately random: where the kill lands
             h.bot.kill()
             kills += 1
             h.bot = start_bot(fake_openai, fake_slack, tmp_path, POLL_INTERVAL_SECONDS="1")
@@ -72,7 +75,9 @@ def test_sqlite_locked_for_a_while(fake_openai: FakeOpenAI, fake_slack: FakeSlac
     try:
         for job_id in jobs:
             fake_openai.set_status(job_id, "succeeded")
-        time.sleep(4)
+        # The control: a cycle is stuck on the lock while the scheduler keeps trying to start more.
+        skipped = h.bot.logs.count(SKIPPED)
+        wait_until(lambda: h.bot.logs.count(SKIPPED) >= skipped + 2, 30, "poll cycles to be held up")
         assert all(not outcomes(h, j) for j in jobs)  # nothing can be recorded, so nothing is posted
     finally:
         locker.execute("ROLLBACK")
@@ -116,13 +121,14 @@ def test_postgresql_unavailable_for_a_while(
             try:
                 for job_id in jobs:
                     fake_openai.set_status(job_id, "succeeded")
-                time.sleep(4)
+                # The outage lasts until cycles have failed on it (not just for some seconds).
+                wait_until(lambda: bot.logs.count(FAILED) >= 2, 30, "poll cycles to fail on the outage")
             finally:
                 stop.set()
                 thread.join()
             assert_exactly_once(h, jobs, timeout=45)
             assert bot.process is not None and bot.process.poll() is None
-            assert "poll cycle failed" in bot.logs  # the outage was real, and survived
+            assert FAILED in bot.logs  # the outage was real, and survived
         finally:
             admin.dispose()
             assert bot.stop() == 0, bot.logs

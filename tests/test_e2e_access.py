@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -77,8 +76,10 @@ def test_the_command_works_only_in_allowed_channels(h: Harness) -> None:
         body = response.json()
         assert body["response_type"] == "ephemeral"
         assert "isn't enabled in this channel" in all_text(body) and "<#C123>" in all_text(body)
-    time.sleep(0.3)
-    assert len(h.openai.requests) == before and h.slack.messages_in("C999") == []
+    # The control: the same bot, in an allowed channel, does reach OpenAI and answer.
+    control = h.control(channel_id="C456")
+    assert [r for r in h.openai.requests[before:] if not control.owns(r)] == []
+    assert h.slack.messages_in("C999") == [] and h.slack.responses_for(control.key)
     _, key = h.command("list", channel_id="C456")
     assert "isn't enabled" not in all_text(h.reply(key))
 
@@ -93,10 +94,8 @@ def test_sigterm_finishes_the_reply_in_flight(
     assert response.status_code == 200 and h.slack.responses_for(key) == []
     assert bot.process is not None
     bot.process.send_signal(signal.SIGTERM)
-    started = time.monotonic()
-    code = bot.process.wait(timeout=15)
+    code = bot.process.wait(timeout=30)  # a safety net only; bot/server.py bounds the drain itself
     assert code == 0, bot.logs
-    assert time.monotonic() - started < 10
     # The user who was promised an answer got it before the process exited.
     assert h.slack.responses_for(key), bot.logs
     assert "No fine-tuning jobs" in all_text(h.slack.responses_for(key)[0].json)

@@ -76,8 +76,8 @@ def test_create_announces_in_the_channel(h: Harness) -> None:
     assert message.channel == "C123"
     text = all_text({"text": message.text, "blocks": message.blocks})
     assert job_id in text and "<@U42>" in text and "file-abc123" in text
-    # The announcement says it all: no ephemeral duplicate.
-    time.sleep(0.3)
+    # The announcement says it all: no ephemeral duplicate, even once a later command is answered.
+    h.control()
     assert h.slack.responses_for(key) == []
 
 
@@ -153,8 +153,8 @@ def test_cancel_cancels(h: Harness) -> None:
 def test_unsigned_requests_are_refused(h: Harness, kwargs: dict[str, Any]) -> None:
     response, key = h.command("cancel ftjob-abc123", **kwargs)
     assert response.status_code == 401
-    time.sleep(0.3)
-    assert h.openai.requests == []
+    control = h.control()
+    assert h.openai_requests_besides(control) == []
     assert h.slack.responses_for(key) == [] and h.slack.messages == []
 
 
@@ -183,8 +183,8 @@ def test_bad_input_gets_a_friendly_message_and_no_openai_call(h: Harness, text: 
     message = all_text(body)
     assert fragment in message
     assert "<!channel>" not in message and "Traceback" not in message
-    time.sleep(0.2)
-    assert h.openai.requests == []
+    control = h.control()
+    assert h.openai_requests_besides(control) == []
 
 
 # -- OpenAI errors ---------------------------------------------------------------------------------
@@ -255,13 +255,12 @@ def test_persistent_failure_says_openai_is_unavailable(h: Harness, kind: str) ->
 def test_slow_openai_still_acked_in_time(h: Harness) -> None:
     h.openai.latency = 4.0
     try:
-        started = time.monotonic()
         response, key = h.command("list")
-        acked = time.monotonic() - started
         assert response.status_code == 200
-        # The ack left before OpenAI answered: nothing had been replied yet.
+        # The ack left before OpenAI answered (no request to it has been answered yet), so nothing
+        # had been replied yet. How fast acks are is measured by `python -m bench`, not here.
+        assert all(r.status is None for r in h.openai.requests), h.openai.describe()
         assert h.slack.responses_for(key) == []
-        assert acked < 3.0
         assert "No fine-tuning jobs" in all_text(h.reply(key, timeout=15))
     finally:
         h.openai.latency = 0.0

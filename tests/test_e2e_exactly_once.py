@@ -18,7 +18,7 @@ import pytest
 from tests.bot_process import BotProcess
 from tests.db import fresh_postgres_database
 from tests.fakes import FakeOpenAI, FakeSlack
-from tests.harness import Harness, bot_env, start_bot
+from tests.harness import Harness, bot_env, query_db, start_bot, wait_until
 from tests.test_e2e_notifications import outcomes, start_job
 
 
@@ -30,19 +30,31 @@ def wait_killed(bot: BotProcess, timeout: float = 20.0) -> None:
     assert bot.process.returncode == -signal.SIGKILL, (bot.process.returncode, bot.logs)
 
 
+def lease_owners(h: Harness) -> int:
+    """How many replicas hold leases on unfinished watches (they have heartbeated and divided them)."""
+    [(owners,)] = query_db(
+        h.db_url,
+        "SELECT COUNT(DISTINCT lease_owner) FROM finetune_watches WHERE ended_at IS NULL",
+    )
+    return int(owners)
+
+
 def test_killed_before_the_status_changes(
     fake_openai: FakeOpenAI, fake_slack: FakeSlack, tmp_path: Path
 ) -> None:
     bot = start_bot(fake_openai, fake_slack, tmp_path, POLL_INTERVAL_SECONDS="1")
     h = Harness(bot, fake_openai, fake_slack)
     job_id, announcement = start_job(h)
-    time.sleep(1.5)  # at least one cycle saw it running
+    fake_openai.set_status(job_id, "running")
+    # At least one cycle saw it running (and wrote that down) before the process dies.
+    wait_until(lambda: h.watch_status(job_id) == "running", 15, "the poller to record 'running'")
     bot.kill()
     fake_openai.set_status(job_id, "succeeded")
     restarted = start_bot(fake_openai, fake_slack, tmp_path, POLL_INTERVAL_SECONDS="1")
     try:
         fake_slack.wait_for(lambda s: outcomes(h, job_id), timeout=15)
-        time.sleep(2.5)
+        h.bot = restarted
+        h.wait_poll_cycles(2)  # a complete cycle after the post: still one
         [message] = outcomes(h, job_id)
         assert message.thread_ts == announcement.ts
     finally:
@@ -69,7 +81,8 @@ def test_killed_while_notifying(
             fake_slack.wait_for(lambda s: s.calls_to("conversations.replies"), timeout=15)
         if crash_at == "after_post":
             fake_slack.wait_for(lambda s: s.updates, timeout=15)  # the restart finished the job
-        time.sleep(2.5)  # more cycles: still one
+        h.bot = restarted
+        h.wait_poll_cycles(2)  # a complete cycle after the post: still one
         [message] = outcomes(h, job_id)
         assert message.thread_ts == announcement.ts
     finally:
@@ -85,12 +98,12 @@ def test_killed_repeatedly_while_many_jobs_finish(
     for round_ in range(3):
         for job_id in jobs[round_ * 4 : round_ * 4 + 4]:
             fake_openai.set_status(job_id, "succeeded")
-        time.sleep(0.3 * round_)
+        time.sleep(0.3 * round_)  # deliberately varied: the kill lands at a different moment each round
         h.bot.kill()
         h.bot = start_bot(fake_openai, fake_slack, tmp_path, POLL_INTERVAL_SECONDS="1")
     try:
         fake_slack.wait_for(lambda s: all(outcomes(h, j) for j in jobs), timeout=30)
-        time.sleep(2.5)
+        h.wait_poll_cycles(2)  # a complete cycle after the last post: still one each
         assert {j: len(outcomes(h, j)) for j in jobs} == {j: 1 for j in jobs}
     finally:
         assert h.bot.stop() == 0, h.bot.logs
@@ -109,11 +122,11 @@ def test_two_replicas_on_postgresql_announce_each_job_once(
             for i in range(40):
                 h = Harness(replicas[i % 2], fake_openai, fake_slack)
                 jobs.append(start_job(h, channel_id=f"C{i % 4}00")[0])
-            time.sleep(3)  # both replicas have heartbeated and divided the watches
+            wait_until(lambda: lease_owners(h) == 2, 20, "both replicas to hold a share of the watches")
             for job_id in jobs:
                 fake_openai.set_status(job_id, "succeeded")
             fake_slack.wait_for(lambda s: all(outcomes(h, j) for j in jobs), timeout=40)
-            time.sleep(3)
+            h.wait_poll_cycles(2, replicas=2)  # a complete cycle on each after the last post
             assert {j: len(outcomes(h, j)) for j in jobs} == {j: 1 for j in jobs}
             # Both replicas did part of the work.
             for replica in replicas:

@@ -13,7 +13,7 @@ import pytest
 from bot.store import Store
 from tests.fakes import FakeOpenAI, FakeSlack
 from tests.fakes.slack import RecordedMessage
-from tests.harness import Harness, all_text, start_bot
+from tests.harness import Harness, all_text, start_bot, wait_until
 
 
 @pytest.fixture
@@ -56,9 +56,9 @@ def wait_outcome(h: Harness, job_id: str, timeout: float = 15.0) -> RecordedMess
     return outcomes(h, job_id)[0]
 
 
-def assert_stays_single(h: Harness, job_id: str, seconds: float = 2.5) -> None:
-    """A few more poll cycles pass and still exactly one outcome exists."""
-    time.sleep(seconds)
+def assert_stays_single(h: Harness, job_id: str) -> None:
+    """A complete poll cycle passes after the outcome, and still exactly one outcome exists."""
+    h.wait_poll_cycles(2)
     assert len(outcomes(h, job_id)) == 1, [m.text for m in outcomes(h, job_id)]
 
 
@@ -69,8 +69,8 @@ def text_of(message: RecordedMessage) -> str:
 def test_success_is_threaded_broadcast_and_names_the_model(h: Harness) -> None:
     job_id, announcement = start_job(h, user_id="U42")
     h.openai.set_status(job_id, "running")
-    time.sleep(1.5)
-    assert outcomes(h, job_id) == []
+    wait_until(lambda: h.watch_status(job_id) == "running", 15, "the poller to record 'running'")
+    assert outcomes(h, job_id) == []  # a cycle saw the job running, and said nothing
     h.openai.set_status(
         job_id,
         "succeeded",
@@ -133,7 +133,7 @@ def test_watch_from_another_channel_posts_there_too(h: Harness) -> None:
     by_channel = {m.channel: m for m in outcomes(h, job_id)}
     assert set(by_channel) == {"C123", "C777"}
     assert by_channel["C777"].thread_ts == follow.ts and "<@U777>" in text_of(by_channel["C777"])
-    time.sleep(2)
+    h.wait_poll_cycles(2)
     assert len(outcomes(h, job_id)) == 2
 
 
@@ -143,8 +143,12 @@ def test_unwatch_stops_the_notification(h: Harness) -> None:
     assert "no longer follows" in all_text(h.reply(key))
     _, key = h.command("watch")
     assert "follows no fine-tuning jobs" in all_text(h.reply(key))
+    # The control: a job another channel still follows ends at the same moment, and is announced.
+    control, _ = start_job(h, channel_id="C456")
     h.openai.set_status(job_id, "succeeded")
-    time.sleep(3)
+    h.openai.set_status(control, "succeeded")
+    wait_outcome(h, control)
+    h.wait_poll_cycles(2)
     assert outcomes(h, job_id) == []
 
 
@@ -186,7 +190,7 @@ def test_openai_and_slack_faults_delay_but_never_lose_or_duplicate(h: Harness) -
     h.slack.fail_next("chat.postMessage", status=500, times=3)
     h.openai.set_status(job_id, "succeeded")
     wait_outcome(h, job_id, timeout=40)
-    assert_stays_single(h, job_id, seconds=3)
+    assert_stays_single(h, job_id)
     assert h.bot.process is not None and h.bot.process.poll() is None
 
 

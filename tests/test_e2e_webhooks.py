@@ -100,6 +100,13 @@ def h(fake_openai: FakeOpenAI, fake_slack: FakeSlack, tmp_path: Path) -> Iterato
     assert SECRET not in bot.logs
 
 
+def announce_by_webhook(h: Harness, job_id: str) -> None:
+    """Positive control: a genuine delivery sent after the ones under test is announced; their
+    effects, if any, would have shown by then too."""
+    assert deliver(h, "fine_tuning.job.succeeded", job_id).status_code == 200
+    h.slack.wait_for(lambda s: outcomes(h, job_id), timeout=10, message=f"the control {job_id} announced")
+
+
 def test_spec_examples_are_what_we_sign() -> None:
     for event_type in ("fine_tuning.job.succeeded", "fine_tuning.job.failed", "fine_tuning.job.cancelled"):
         example = spec_example(event_type)
@@ -135,13 +142,14 @@ def test_a_valid_event_announces_within_seconds_without_polling(h: Harness, stat
 )
 def test_bad_deliveries_are_refused_with_no_side_effect(h: Harness, kwargs: dict[str, Any]) -> None:
     job_id, _ = start_job(h)
+    control, _ = start_job(h)
     h.openai.set_status(job_id, "succeeded")
-    before = len(h.openai.requests)
+    h.openai.set_status(control, "succeeded")
     webhook_id = f"wh_{uuid.uuid4().hex}"
     response = deliver(h, "fine_tuning.job.succeeded", job_id, webhook_id=webhook_id, **kwargs)
     assert response.status_code in (400, 401)
-    time.sleep(0.5)
-    assert outcomes(h, job_id) == [] and len(h.openai.requests) == before
+    announce_by_webhook(h, control)
+    assert outcomes(h, job_id) == [] and h.openai.requests_to(rf"^/fine_tuning/jobs/{job_id}$") == []
     # The refused delivery consumed nothing: OpenAI's genuine retry of that id still works.
     assert deliver(h, "fine_tuning.job.succeeded", job_id, webhook_id=webhook_id).status_code == 200
     h.slack.wait_for(lambda s: outcomes(h, job_id), timeout=3)
@@ -187,7 +195,9 @@ def test_the_same_event_three_times_is_one_message(h: Harness) -> None:
         response = deliver(h, "fine_tuning.job.succeeded", job_id, webhook_id="wh_same")
         assert response.status_code == 200
     h.slack.wait_for(lambda s: outcomes(h, job_id), timeout=3)
-    time.sleep(1)
+    control, _ = start_job(h)
+    h.openai.set_status(control, "succeeded")
+    announce_by_webhook(h, control)
     assert len(outcomes(h, job_id)) == 1
     assert len(h.openai.requests_to(rf"^/fine_tuning/jobs/{job_id}$", "GET")) == 1
 
@@ -197,8 +207,10 @@ def test_events_for_unwatched_jobs_are_acknowledged_and_ignored(h: Harness) -> N
     h.openai.set_status(job["id"], "succeeded")
     assert deliver(h, "fine_tuning.job.succeeded", job["id"]).status_code == 200
     assert deliver(h, "fine_tuning.job.failed", None).status_code == 200  # the spec's example id as is
-    time.sleep(0.5)
-    assert h.slack.messages == []
+    control, _ = start_job(h, channel_id="C456")
+    h.openai.set_status(control, "succeeded")
+    announce_by_webhook(h, control)
+    assert {m.channel for m in h.slack.messages} == {"C456"}, h.slack.describe()
     assert h.openai.requests_to(rf"^/fine_tuning/jobs/{job['id']}$", "GET") == []
 
 
@@ -216,7 +228,7 @@ def test_webhook_and_poller_racing_announce_once(
             for _ in range(2):
                 deliver(h, "fine_tuning.job.succeeded", job_id)  # two distinct deliveries each
         fake_slack.wait_for(lambda s: all(outcomes(h, j) for j in jobs), timeout=10)
-        time.sleep(2.5)  # the poller's cycles come and go
+        h.wait_poll_cycles(2)  # a complete poller cycle after the last post
         assert {j: len(outcomes(h, j)) for j in jobs} == {j: 1 for j in jobs}
     finally:
         assert bot.stop() == 0, bot.logs

@@ -27,13 +27,14 @@ import pytest
 from tests.bot_process import free_port
 from tests.fakes import FakeOpenAI, FakeSlack
 from tests.fakes.slack import RecordedMessage
-from tests.harness import Harness, all_text, start_bot
+from tests.harness import Harness, all_text, start_bot, wait_until
 
 USER = "U123"  # an admin here (FINETUNE_ADMINS), so `cancel` reaches OpenAI for any job
 CMD_CHANNEL = "C123"
 POLL_CHANNEL = "CPOLL"
 SLACK_CHANNEL = "CSLACK"
 CHANNELS = (CMD_CHANNEL, POLL_CHANNEL, SLACK_CHANNEL)
+REPLY_FAILED = re.compile(r" WARNING .*could not reply to .* through response_url: HTTP 404")
 LIST_OR_RETRIEVE = r"/fine_tuning/jobs(/ftjob-[A-Za-z0-9_-]+)?"
 
 
@@ -98,8 +99,7 @@ def outcomes(h: Harness, job_id: str) -> list[RecordedMessage]:
 
 def wait_single_outcome(h: Harness, job_id: str, timeout: float = 30.0) -> RecordedMessage:
     h.slack.wait_for(lambda s: outcomes(h, job_id), timeout=timeout, message=f"the outcome of {job_id}")
-    # One more poll/outbox cycle passes: still exactly one.
-    time.sleep(1.1)
+    h.wait_poll_cycles(2)  # a complete poll/outbox cycle after the post: still exactly one
     found = outcomes(h, job_id)
     assert len(found) == 1, [(m.channel, m.text) for m in found]
     return found[0]
@@ -220,9 +220,8 @@ def test_openai_fault_on_every_command(h: Harness, fault: OpenAIFault) -> None:
         h.openai.fail_next(**fault.kwargs, path=re.escape(cmd.path), method=cmd.method, times=3)
     keys: dict[str, str] = {}
     for name, cmd in cmds.items():
-        started = time.monotonic()
         response, keys[name] = h.command(cmd.text)
-        assert response.status_code == 200 and time.monotonic() - started < 3.0, name
+        assert response.status_code == 200, name
     problems: list[str] = []
     for name, cmd in cmds.items():
         reply = h.reply(keys[name], timeout=30)
@@ -448,10 +447,10 @@ def test_hung_response_url_blocks_nothing_and_is_retried(h: Harness) -> None:
     h.slack.latency = 60.0  # every Slack request now hangs; nothing but response_url is used here
     _, hung = h.command("list")
     h.slack.wait_for(lambda s: s.responses_for(hung), message="the reply to reach the hung response_url")
-    # The bot is stuck in that POST, yet acknowledges and works on other commands at once.
-    started = time.monotonic()
+    # The bot is stuck in that POST, yet acknowledges and works on other commands (it answers
+    # before the hung POST ends, which is only when the test ends it).
     response, _ = h.command("help")
-    assert response.status_code == 200 and time.monotonic() - started < 3.0
+    assert response.status_code == 200
     assert "create" in all_text(response.json())
     _, second = h.command("get ftjob-elsewhere")
     h.openai.wait_for_request(r"/fine_tuning/jobs/ftjob-elsewhere", "GET")
@@ -461,7 +460,7 @@ def test_hung_response_url_blocks_nothing_and_is_retried(h: Harness) -> None:
     h.slack.cancel_inflight()
     h.slack.wait_for(lambda s: [r for r in s.responses_for(hung) if r.status == 200], timeout=10)
     h.slack.wait_for(lambda s: [r for r in s.responses_for(second) if r.status == 200], timeout=10)
-    time.sleep(0.5)
+    h.control()  # a later command answered: a duplicate reply would have come by now
     assert len([r for r in h.slack.responses_for(hung) if r.status == 200]) == 1
     assert len([r for r in h.slack.responses_for(second) if r.status == 200]) == 1
     assert "No fine-tuning jobs" in all_text(h.slack.responses_for(hung)[-1].json)
@@ -470,20 +469,29 @@ def test_hung_response_url_blocks_nothing_and_is_retried(h: Harness) -> None:
 
 
 @pytest.mark.parametrize(
-    "fault",
-    [{"status": 500}, {"error": "expired_url"}, {"status": 429, "retry_after": 1}],
-    ids=["500", "404-expired_url", "429"],
+    ("fault", "retried"),
+    [
+        ({"status": 500}, True),
+        ({"status": 429, "retry_after": 1}, True),
+        # Slack's 404 means the URL is gone for good (expired, used up): retrying cannot help.
+        ({"error": "expired_url"}, False),
+    ],
+    ids=["500", "429", "404-expired_url"],
 )
-def test_failed_response_url_is_retried_or_reported(h: Harness, fault: dict[str, Any]) -> None:
+def test_failed_response_url_is_retried_or_reported(h: Harness, fault: dict[str, Any], retried: bool) -> None:
     log_start = len(h.bot.logs)
     h.slack.fail_next("response_url", **fault)
     _, key = h.command("list")
-    h.slack.wait_for(lambda s: s.responses_for(key))
-    time.sleep(2.0)  # time for a retry (429 asks for 1 s) or a log line
-    delivered = [r for r in h.slack.responses_for(key) if r.status == 200]
-    new_logs = h.bot.logs[log_start:]
-    reported = re.search(r" (WARNING|ERROR) .*(reply|response_url|respond)", new_logs, re.IGNORECASE)
-    assert delivered or reported, new_logs[-3000:]
+    if retried:
+        # Delivered on the second attempt, once, and no warning about it.
+        h.slack.wait_for(lambda s: [r for r in s.responses_for(key) if r.status == 200], timeout=15)
+        statuses = [r.status for r in h.slack.responses_for(key)]
+        assert statuses == [statuses[0], 200] and statuses[0] != 200, statuses
+        assert "could not reply" not in h.bot.logs[log_start:]
+    else:
+        # Not retried: reported in the log, which is written after the decision not to retry.
+        wait_until(lambda: REPLY_FAILED.search(h.bot.logs[log_start:]), 15, "the failed reply to be logged")
+        assert [r.status for r in h.slack.responses_for(key)] == [404]
     assert alive(h)
 
 

@@ -7,11 +7,11 @@ suite is reproducible and writes nothing into the checkout.
 
 from __future__ import annotations
 
-import itertools
 import math
 import re
 import string
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -438,10 +438,6 @@ class LogTail:
         return data.decode(errors="replace")
 
 
-_counter = itertools.count(1)
-_state: dict[str, Any] = {}
-
-
 # Jobs that exist in the fuzzing bot's OpenAI, so some fuzzed ids hit a real job.
 KNOWN_JOBS = ("ftjob-fuzzQueued", "ftjob-fuzzRunning", "ftjob-fuzzDone")
 job_ids = st.one_of(st.sampled_from(KNOWN_JOBS), valid_job_ids, near_ids)
@@ -479,6 +475,15 @@ http_texts = st.one_of(
 )
 
 
+@dataclass
+class FuzzRun:
+    """One pass of the HTTP fuzzing over the module's bot: whichever test asks for it first runs it."""
+
+    harness: Harness
+    texts: int = 0
+    failure: BaseException | None = None
+
+
 @settings(
     max_examples=300,
     deadline=None,
@@ -487,11 +492,10 @@ http_texts = st.one_of(
     suppress_health_check=list(HealthCheck),
 )
 @given(text=http_texts)
-def test_http_every_fuzzed_text_is_answered(fuzz_bot: Harness, text: str) -> None:
-    h = fuzz_bot
-    tail = _state.setdefault("tail", LogTail(h.bot.log_path))
-    n = next(_counter)
-    channel = f"CFUZZ{n:04d}"  # one channel per text, so an announcement can be traced to it
+def answer_every_fuzzed_text(run: FuzzRun, tail: LogTail, text: str) -> None:
+    h = run.harness
+    run.texts += 1
+    channel = f"CFUZZ{run.texts:04d}"  # one channel per text, so an announcement can be traced to it
     before = len(h.openai.requests)
     response, key = h.command(text, channel_id=channel)
     assert response.status_code == 200, (text, response.status_code, response.text[:500])
@@ -516,9 +520,29 @@ def test_http_every_fuzzed_text_is_answered(fuzz_bot: Harness, text: str) -> Non
     assert " ERROR " not in logs and "Traceback" not in logs, (text, logs[-3000:])
 
 
-def test_http_fuzz_aftermath(fuzz_bot: Harness) -> None:
+@pytest.fixture(scope="module")
+def fuzz_run(fuzz_bot: Harness) -> FuzzRun:
+    """The fuzzing itself, run once for the module whichever test comes first (or alone): a failing
+    example is kept, not raised, so each test reports on the run its own way."""
+    run = FuzzRun(fuzz_bot)
+    try:
+        answer_every_fuzzed_text(run, LogTail(fuzz_bot.bot.log_path))
+    except Exception as failure:  # hypothesis' falsifying example, re-raised by the test below
+        run.failure = failure
+    return run
+
+
+def test_http_every_fuzzed_text_is_answered(fuzz_run: FuzzRun) -> None:
+    if fuzz_run.failure is not None:
+        raise fuzz_run.failure
+    assert fuzz_run.texts >= 300
+
+
+def test_http_fuzz_aftermath(fuzz_run: FuzzRun) -> None:
     """After the fuzzing: no reply was sent twice, every OpenAI request was well-formed."""
-    h = fuzz_bot
+    h = fuzz_run.harness
+    # The coverage below means something only for a whole run (a failing one stops early).
+    assert fuzz_run.failure is None, "the fuzzing failed: see test_http_every_fuzzed_text_is_answered"
     keys = [r.key for r in h.slack.responses]
     assert len(keys) == len(set(keys)), "a response_url got more than one reply"
     for request in h.openai.requests:

@@ -1,6 +1,6 @@
-"""Load: 1,000 signed commands in about 30 s — every one acknowledged inside Slack's 3 s, every
-one answered, and memory flat. Figures (percentiles, RSS) are the benchmarks' job (bench/); this
-test checks only Slack's hard limit and that nothing is dropped."""
+"""Load: 1,000 signed commands in about 30 s — every one acknowledged, every one answered, and
+memory flat. How fast (Slack's 3 s, percentiles) is the benchmarks' job (`python -m bench --only
+ack`); this test checks that nothing is dropped, with only generous safety timeouts."""
 
 from __future__ import annotations
 
@@ -32,26 +32,23 @@ def test_thousand_commands_in_thirty_seconds(
     started = time.monotonic()
     rss: dict[int, int] = {}
 
-    def send(i: int) -> tuple[int, float, str]:
+    def send(i: int) -> tuple[int, str]:
         # Paced: command i leaves at i * 30 ms, so 1,000 take about 30 s.
         delay = started + i * SECONDS / COMMANDS - time.monotonic()
         if delay > 0:
             time.sleep(delay)
         text = f"get {job['id']}" if i % 4 else "list limit=5"
-        sent = time.monotonic()
         response, key = h.command(text)
         if i in (COMMANDS // 4, COMMANDS - 1):
             rss[i] = rss_kib(bot.process.pid)  # type: ignore[union-attr]
-        return response.status_code, time.monotonic() - sent, key
+        return response.status_code, key
 
     try:
         with ThreadPoolExecutor(max_workers=25) as pool:
             results = list(pool.map(send, range(COMMANDS)))
-        statuses = [status for status, _, _ in results]
+        statuses = [status for status, _ in results]
         assert statuses == [200] * COMMANDS
-        over = [round(t, 2) for _, t, _ in results if t >= 3.0]
-        assert over == [], f"{len(over)} acknowledgements took 3 s or more: {over[:10]}"
-        keys = [key for _, _, key in results]
+        keys = [key for _, key in results]
         fake_slack.wait_for(lambda s: all(s.responses_for(k) for k in keys), timeout=60)
         # Memory flat: the second three quarters of the load grew the process by little.
         growth_mib = (rss[COMMANDS - 1] - rss[COMMANDS // 4]) / 1024
