@@ -238,3 +238,20 @@ def test_only_the_starter_or_an_admin_may_unwatch_the_announcement(channel: Worl
     assert "no longer follows" in ask(w, f"unwatch {third}", BOB, "CTEAM3")
     assert third not in following(w, "CTEAM3")
     assert third in following(w, PRIVATE)  # the original announcement still follows it
+
+
+# ---------------------------------------------------------------------------------------------- config
+
+
+def test_the_setting_is_checked_and_defaults_to_channel() -> None:
+    from bot.access import ReadAccess
+    from bot.config import Settings, load_settings
+
+    base = {"SLACK_BOT_TOKEN": "xoxb-1", "SLACK_SIGNING_SECRET": "s" * 10, "OPENAI_API_KEY": "sk-1"}
+    default = load_settings(base)
+    assert isinstance(default, Settings) and default.read_access is ReadAccess.CHANNEL
+    chosen = load_settings({**base, "FINETUNE_READ_ACCESS": " Slack "})
+    assert isinstance(chosen, Settings) and chosen.read_access is ReadAccess.SLACK
+    problems = load_settings({**base, "FINETUNE_READ_ACCESS": "everyone"})
+    assert isinstance(problems, list)
+    assert any(p.startswith("FINETUNE_READ_ACCESS must be org") and "'everyone'" in p for p in problems)
