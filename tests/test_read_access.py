@@ -255,3 +255,37 @@ def test_the_setting_is_checked_and_defaults_to_channel() -> None:
     problems = load_settings({**base, "FINETUNE_READ_ACCESS": "everyone"})
     assert isinstance(problems, list)
     assert any(p.startswith("FINETUNE_READ_ACCESS must be org") and "'everyone'" in p for p in problems)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_jobs_origin_comes_from_the_store(backend: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """`create` names the starter and their channel; `watch` adds a channel; an unwatched channel
+    gives the job up (SQLite, and PostgreSQL for replicas)."""
+    from contextlib import ExitStack
+
+    from bot.access import Origin
+    from bot.store import Store
+    from tests.db import fresh_postgres_database, require_postgres
+
+    with ExitStack() as stack:
+        if backend == "sqlite":
+            url = f"sqlite:///{tmp_path_factory.mktemp('origin') / 'bot.db'}"
+        else:
+            require_postgres()
+            url = stack.enter_context(fresh_postgres_database())
+        store = Store.from_url(url)
+        stack.callback(store.close)
+        common = {"team_id": "T1", "announcement_ts": None, "job_created_at": None, "status": "running"}
+        store.add_watch(job_id="ftjob-a", channel_id=PRIVATE, user_id=ALICE, origin="create", **common)
+        store.add_watch(job_id="ftjob-a", channel_id=PUBLIC, user_id=BOB, origin="watch", **common)
+        left, _ = store.add_watch(
+            job_id="ftjob-a", channel_id="CLEFT4", user_id=BOB, origin="watch", **common
+        )
+        store.end_watch(left.id, f"unwatched by {BOB}")
+        store.add_watch(job_id="ftjob-b", channel_id=PUBLIC, user_id=BOB, origin="watch", **common)
+        watches = store.watches_for_jobs(["ftjob-a", "ftjob-c"])
+        assert {w.job_id for w in watches} == {"ftjob-a"}
+        origin = Origin.from_watches(watches)
+        assert origin == Origin(starter=ALICE, starter_channel=PRIVATE, channels=frozenset({PRIVATE, PUBLIC}))
+        assert Origin.from_watches(store.watches_for_jobs(["ftjob-b"])).starter is None
+        assert store.watches_for_jobs([]) == []
