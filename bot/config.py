@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from bot.access import DEFAULT_READ_ACCESS, ReadAccess
 from bot.commands import MODEL_NAME
 
 DEFAULT_SLACK_API_URL = "https://slack.com/api/"
@@ -46,6 +47,7 @@ class Settings:
     openai_webhook_secret: str | None = field(default=None, repr=False)
     reconcile_interval_seconds: float = 300.0
     database_wait_seconds: float = 30.0
+    read_access: ReadAccess = DEFAULT_READ_ACCESS
 
     @property
     def socket_mode(self) -> bool:
@@ -191,6 +193,16 @@ def load_settings(env: Mapping[str, str]) -> Settings | list[str]:
     admins = id_list("FINETUNE_ADMINS", r"[UW][A-Z0-9]{2,20}", "U012AB3CD,U045EF6GH")
     allowed_channels = id_list("FINETUNE_ALLOWED_CHANNELS", r"[CGD][A-Z0-9]{2,20}", "C012AB3CD,G045EF6GH")
 
+    read_access = DEFAULT_READ_ACCESS
+    raw_access = (text("FINETUNE_READ_ACCESS") or DEFAULT_READ_ACCESS.value).lower()
+    if raw_access in {policy.value for policy in ReadAccess}:
+        read_access = ReadAccess(raw_access)
+    else:
+        problems.append(
+            "FINETUNE_READ_ACCESS must be org (every job), slack (jobs started from Slack) or channel "
+            f"(jobs started in the channel asking), got {raw_access[:40]!r}"
+        )
+
     log_level = (text("LOG_LEVEL") or "INFO").upper()
     if log_level not in logging.getLevelNamesMapping():
         problems.append(f"LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, got {log_level!r}")
@@ -218,5 +230,6 @@ def load_settings(env: Mapping[str, str]) -> Settings | list[str]:
         openai_webhook_secret=webhook_secret,
         reconcile_interval_seconds=number("RECONCILE_INTERVAL_SECONDS", 300.0, 1, 86_400),
         database_wait_seconds=number("DATABASE_WAIT_SECONDS", 30.0, 0, 600),
+        read_access=read_access,
     )
     return problems or settings

@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from bot import ids
 from bot.models import FineTuningJob
 from bot.notifier import Notifier, crash_point
 from bot.openai_client import FineTuningClient, NotFoundError, OpenAIError
@@ -104,6 +105,8 @@ class Poller:
                 last = page.data[-1]
                 if oldest is not None and last.created_at is not None and last.created_at < oldest:
                     break
+                if not ids.is_job_id(last.id):
+                    break  # not a usable cursor: the jobs not yet found are retrieved one by one
                 after = last.id
         except OpenAIError as error:
             # Retrieving every job one by one instead would hammer an API that is already failing
@@ -116,6 +119,12 @@ class Poller:
         semaphore = asyncio.Semaphore(self._concurrency)
 
         async def retrieve(job_id: str) -> None:
+            if not ids.is_job_id(job_id):
+                # Stored from a malformed response, say: no request can ever reach it, so it ends
+                # like a job OpenAI no longer has instead of failing every cycle.
+                log.error("watched job id %r is not a job id; ending its watch", job_id[:100])
+                missing.add(job_id)
+                return
             async with semaphore:
                 try:
                     jobs[job_id] = await self._openai.retrieve_job(job_id)
@@ -123,6 +132,10 @@ class Poller:
                     missing.add(job_id)
                 except OpenAIError as error:
                     log.warning("retrieving %s failed (%s); next cycle will try again", job_id, error.status)
+                    unknown.add(job_id)
+                except Exception:
+                    # One job never holds up the others: whatever went wrong, the rest go on.
+                    log.exception("retrieving %s failed; next cycle will try again", job_id[:100])
                     unknown.add(job_id)
 
         await asyncio.gather(*(retrieve(job_id) for job_id in wanted if job_id not in jobs))
@@ -132,15 +145,22 @@ class Poller:
         """Record what changed; returns how many outbox rows were written."""
         written = 0
         for watch in watches:
-            job = report.jobs.get(watch.job_id)
-            if job is not None:
-                if job.is_terminal:
-                    written += await self.finish(watch, job.status, job.raw)
-                elif job.status != watch.last_status:
-                    await asyncio.to_thread(self._store.set_status, [watch.id], job.status)
-            elif watch.job_id in report.missing:
-                written += await self.finish(watch, "missing", {"id": watch.job_id, "status": "missing"})
+            try:
+                written += await self._apply_one(watch, report)
+            except Exception:
+                log.exception("recording %s failed; next cycle will try again", watch.job_id[:100])
         return written
+
+    async def _apply_one(self, watch: Watch, report: StatusReport) -> int:
+        job = report.jobs.get(watch.job_id)
+        if job is not None:
+            if job.is_terminal:
+                return await self.finish(watch, job.status, job.raw)
+            if job.status != watch.last_status:
+                await asyncio.to_thread(self._store.set_status, [watch.id], job.status)
+        elif watch.job_id in report.missing:
+            return await self.finish(watch, "missing", {"id": watch.job_id, "status": "missing"})
+        return 0
 
     async def deliver(self) -> int:
         return await self._notifier.deliver_due()

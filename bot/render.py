@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bot.commands import EXAMPLES, USAGE, ParseError
+from bot.logs import redact_value
 from bot.models import FineTuningJob, JobEvent
 from bot.openai_client import (
     AuthenticationError,
@@ -65,7 +66,15 @@ _DESCRIPTIONS = {
     "watch": "follow a job's outcome in this channel (no id: list what this channel follows)",
     "unwatch": "stop following a job here",
 }
-_UNITS = (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1))
+# Months and years are the Gregorian averages: "3 years 4 months ago" reads better than "1215 days ago".
+_UNITS = (
+    ("year", 31_556_952),
+    ("month", 2_629_746),
+    ("day", 86400),
+    ("hour", 3600),
+    ("minute", 60),
+    ("second", 1),
+)
 
 
 @dataclass(frozen=True)
@@ -74,7 +83,9 @@ class Reply:
     blocks: list[dict[str, Any]]
 
     def as_kwargs(self) -> dict[str, Any]:
-        return {"text": self.text, "blocks": self.blocks}
+        """What is sent to Slack. Every message leaves through here, so this is where configured
+        secrets are masked (an OpenAI error can quote the API key), exactly as in the logs."""
+        return redact_value({"text": self.text, "blocks": self.blocks})
 
 
 # ---------------------------------------------------------------------------------------------- pieces
@@ -282,14 +293,31 @@ def _job_fields(job: FineTuningJob, now: int) -> list[tuple[str, str]]:
     return pairs
 
 
+def _setting_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _hyperparameter_text(hyperparameters: dict[str, Any]) -> str:
+    """`key=value` for every setting the job has; a null one (not set) is left out, not "None"."""
+    return " ".join(
+        _code(f"{key}={_setting_value(value)}", 100)
+        for key, value in hyperparameters.items()
+        if value is not None
+    )
+
+
 def render_job(job: FineTuningJob, now: int) -> Reply:
     blocks = [
         _header(f"{status_emoji(job.status)} Fine-tuning job {job.id}"),
         *_fields(_job_fields(job, now)),
     ]
-    if job.hyperparameters:
-        settings = " ".join(_code(f"{key}={value}", 100) for key, value in job.hyperparameters.items())
-        blocks.append(_section(f"*Hyperparameters*\n{settings}"))
+    hyperparameters = _hyperparameter_text(job.hyperparameters)
+    if hyperparameters:
+        blocks.append(_section(f"*Hyperparameters*\n{hyperparameters}"))
     if job.error:
         lines = [f":x: *Error* {_code(job.error.code)}", _clip(job.error.message or "", ERROR_CHARS)]
         if job.error.param:
@@ -312,20 +340,50 @@ def _job_line(job: FineTuningJob, now: int) -> str:
     return " · ".join(parts)
 
 
-def render_job_list(jobs: list[FineTuningJob], has_more: bool, now: int) -> Reply:
+def _most_recent(count: int, noun: str) -> str:
+    """ "the most recent job", "the 10 most recent jobs" (never "the 1 most recent jobs")."""
+    return f"the most recent {noun}" if count == 1 else f"the {count} most recent {noun}s"
+
+
+# Why `list` left some jobs out, by read policy (FINETUNE_READ_ACCESS).
+_HIDDEN_BECAUSE = {
+    "slack": "only jobs started from Slack are shown",
+    "channel": "only jobs started in (or followed by) this channel are shown",
+}
+
+
+def _hidden_note(hidden: int, policy: str | None) -> str:
+    why = _HIDDEN_BECAUSE.get(policy or "", "of the read policy")
+    verb = "is" if hidden == 1 else "are"
+    return f":lock: {_plural(hidden, 'more job')} {verb} not shown here: {why} (`FINETUNE_READ_ACCESS`)."
+
+
+def render_job_list(
+    jobs: list[FineTuningJob], has_more: bool, now: int, *, hidden: int = 0, policy: str | None = None
+) -> Reply:
+    """`hidden`: how many jobs of the page the reader may not see (counted, never named)."""
     if not jobs:
-        return _reply("No fine-tuning jobs yet.", [_section("No fine-tuning jobs yet.")])
+        text = "No fine-tuning jobs yet."
+        if hidden:
+            text = f"No fine-tuning jobs you can see here. {_hidden_note(hidden, policy)}"
+        return _reply(text, [_section(text)])
     chunks = _chunk(_job_line(job, now) for job in jobs)
     # Header and the closing context take two blocks; newest jobs come first, so keep the front.
     shown = chunks[: MAX_BLOCKS - 2]
     blocks = [_header("Fine-tuning jobs"), *(_section(chunk) for chunk in shown)]
+    fetched = len(jobs) + hidden
+    notes = []
     if has_more or len(shown) < len(chunks):
-        if len(jobs) >= 100 or len(shown) < len(chunks):
-            note = f"Showing the most recent of {len(jobs)} jobs; older ones are not listed here."
+        if fetched >= 100 or len(shown) < len(chunks):
+            note = f"Showing the most recent of {_plural(len(jobs), 'job')}; older ones are not listed here."
         else:
-            note = f"Showing the {len(jobs)} most recent jobs; `/finetune list limit=100` shows more."
-        blocks.append(_context(note))
-    return _reply(f"{len(jobs)} fine-tuning jobs", blocks)
+            note = f"Showing {_most_recent(fetched, 'job')}; `/finetune list limit=100` shows more."
+        notes.append(note)
+    if hidden:
+        notes.append(_hidden_note(hidden, policy))
+    if notes:
+        blocks.append(_context(" ".join(notes)))
+    return _reply(f"{_plural(len(jobs), 'fine-tuning job')}", blocks)
 
 
 # ---------------------------------------------------------------------------------------------- events
@@ -373,9 +431,9 @@ def render_events(job_id: str, events: list[JobEvent], has_more: bool, now: int)
         if len(events) >= 100 or len(shown) < len(chunks):
             note = f"Showing the most recent of {len(events)} events; older ones are not listed here."
         else:
-            note = f"Showing the {len(events)} most recent events; use `limit=` for more (max 100)."
+            note = f"Showing {_most_recent(len(events), 'event')}; use `limit=` for more (max 100)."
         blocks.append(_context(note))
-    return _reply(f"{len(events)} events of {_clip(job_id, ID_CHARS)}", blocks)
+    return _reply(f"{_plural(len(events), 'event')} of {_clip(job_id, ID_CHARS)}", blocks)
 
 
 # ---------------------------------------------------------------------------------------------- announcements
@@ -472,7 +530,17 @@ def _openai_error_message(error: OpenAIError, job_id: str | None, action: str) -
     return f"I couldn't {escape(action)}: OpenAI is unavailable right now, try again in a minute."
 
 
+def render_job_not_found(job_id: str) -> Reply:
+    """A job OpenAI does not have, and a job the reader may not see, get this same answer, so the
+    reply never tells whether a hidden job exists."""
+    message = f":warning: No fine-tuning job {_code(job_id)} was found (check the id with `/finetune list`)."
+    return _reply(message, [_section(message)])
+
+
 def render_openai_error(error: OpenAIError, *, job_id: str | None = None, action: str = "do that") -> Reply:
+    if isinstance(error, NotFoundError) and job_id is not None:
+        # No request id either: it would set a real 404 apart from a refusal (see above).
+        return render_job_not_found(job_id)
     message = f":warning: {_openai_error_message(error, job_id, action)}"
     blocks = [_section(message)]
     if error.request_id:
@@ -521,7 +589,7 @@ def render_watch_list(rows: list[tuple[str, str | None, int | None]], now: int) 
     ]
     header = f"*This channel follows {len(rows)} fine-tuning job{'s' if len(rows) != 1 else ''}:*"
     blocks = [_section(header), *[_section(chunk) for chunk in _chunk(lines)][: MAX_BLOCKS - 2]]
-    return _reply(f"This channel follows {len(rows)} fine-tuning jobs", blocks)
+    return _reply(f"This channel follows {_plural(len(rows), 'fine-tuning job')}", blocks)
 
 
 def render_outcome(
@@ -591,18 +659,20 @@ def render_channel_not_allowed(allowed: frozenset[str]) -> Reply:
     return _reply(text, [_section(text)])
 
 
-def render_not_allowed(job_id: str, action: str, starter: str | None) -> Reply:
-    if starter is not None:
-        who = f"the person who started it ({_mention(starter)})"
-    else:
-        who = "nobody here started it from Slack, so"
-    text = (
-        f":lock: Sorry, you can't {_clip(action, 40)} {_code(job_id)}: only {who} "
-        "or a finetune-bot admin (`FINETUNE_ADMINS`) can."
-    )
+def render_not_allowed(job_id: str, action: str, starter: str | None, *, starter_here: bool = True) -> Reply:
+    """`starter` None: the job was not started from Slack. `starter_here` False: it was, in another
+    channel, whose members this reader must not learn, so the starter is not named."""
     if starter is None:
         text = (
             f":lock: Sorry, you can't {_clip(action, 40)} {_code(job_id)}: it wasn't started from Slack, "
             "so only a finetune-bot admin (`FINETUNE_ADMINS`) can."
+        )
+    else:
+        who = "the person who started it"
+        if starter_here:
+            who += f" ({_mention(starter)})"
+        text = (
+            f":lock: Sorry, you can't {_clip(action, 40)} {_code(job_id)}: only {who} "
+            "or a finetune-bot admin (`FINETUNE_ADMINS`) can."
         )
     return _reply(text, [_section(text)])

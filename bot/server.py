@@ -68,7 +68,9 @@ def build_asgi(settings: Settings, store: Store) -> Starlette:
     poller = Poller(
         store, openai, notifier, owner=owner, lease_ttl=lease_ttl, concurrency=settings.poll_concurrency
     )
-    runner = CommandRunner(openai, posting_client, store, admins=settings.admins)
+    runner = CommandRunner(
+        openai, posting_client, store, admins=settings.admins, read_access=settings.read_access
+    )
     inflight = InFlight()
     register_listeners(
         app,

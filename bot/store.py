@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -337,6 +337,16 @@ class Store:
         with self.engine.connect() as conn:
             rows = conn.execute(
                 sa.select(watches).where(watches.c.job_id == job_id, watches.c.ended_at.is_(None))
+            )
+            return [Watch.from_row(r) for r in rows]
+
+    def watches_for_jobs(self, job_ids: Collection[str]) -> list[Watch]:
+        """Every watch (active or ended) of these jobs: who may read them (bot/access.py)."""
+        if not job_ids:
+            return []
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(watches).where(watches.c.job_id.in_(sorted(set(job_ids)))).order_by(watches.c.id)
             )
             return [Watch.from_row(r) for r in rows]
 

@@ -65,6 +65,9 @@ def bot_env(openai: FakeOpenAI, slack: FakeSlack, **extra: str) -> dict[str, str
         "SLACK_API_URL": slack.api_url,
         "OPENAI_API_KEY": OPENAI_KEY,
         "OPENAI_BASE_URL": openai.base_url,
+        # Most tests read jobs seeded straight into the fake OpenAI (not started from Slack), which
+        # the default read policy hides; tests/test_read_access.py covers every policy and the default.
+        "FINETUNE_READ_ACCESS": "org",
         **extra,
     }
 
