@@ -31,6 +31,7 @@ from bot.inflight import InFlight
 from bot.listeners import register_listeners
 from bot.notifier import Notifier
 from bot.openai_client import FineTuningClient, build_http_client
+from bot.pending import CreateReconciler
 from bot.poller import Poller
 from bot.runner import CommandRunner
 from bot.slack_app import build_app, build_slack_client
@@ -66,10 +67,27 @@ def build_asgi(settings: Settings) -> Starlette:
         store.release_all_leases()
     posting_client = build_slack_client(settings, posting=True)
     notifier = Notifier(store, posting_client, owner=owner, lease_ttl=lease_ttl)
-    poller = Poller(
-        store, openai, notifier, owner=owner, lease_ttl=lease_ttl, concurrency=settings.poll_concurrency
+    runner = CommandRunner(openai, posting_client, store, admins=settings.admins, owner=owner)
+    # Creates left half-done (a crash, a database failure) are finished each cycle: on SQLite every
+    # other owner is a dead predecessor; on PostgreSQL a replica's row is taken over once stale.
+    reconciler = CreateReconciler(
+        store,
+        openai,
+        posting_client,
+        runner,
+        owner=owner,
+        stale_after=lease_ttl,
+        others_orphaned=store.engine.dialect.name == "sqlite",
     )
-    runner = CommandRunner(openai, posting_client, store, admins=settings.admins)
+    poller = Poller(
+        store,
+        openai,
+        notifier,
+        owner=owner,
+        lease_ttl=lease_ttl,
+        concurrency=settings.poll_concurrency,
+        reconcile_creates=reconciler.run,
+    )
     inflight = InFlight()
     register_listeners(
         app,
