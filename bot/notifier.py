@@ -16,9 +16,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import os
 import random
-import signal
 import time
 from collections.abc import Callable
 from typing import Any
@@ -27,6 +25,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot import render
+from bot.crash import crash_point
 from bot.models import FineTuningJob
 from bot.runner import CHANNEL_REFUSED
 from bot.store import OutboxItem, Store, Watch
@@ -36,14 +35,6 @@ log = logging.getLogger(__name__)
 METADATA_EVENT = "finetune_outcome"
 # Slack allows about one message per second per channel (more in short bursts, then 429).
 CHANNEL_SPACING = 1.0
-
-
-def crash_point(name: str) -> None:
-    """Test hook: `FINETUNE_CRASH_AT=<name>` kills this process with a real SIGKILL right here, so
-    the exactly-once tests can stop the bot at the precise moments that matter."""
-    if os.environ.get("FINETUNE_CRASH_AT") == name:
-        log.warning("FINETUNE_CRASH_AT=%s: killing this process now", name)
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class Notifier:

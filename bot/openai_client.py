@@ -100,6 +100,9 @@ _STATUS_ERRORS: dict[int, type[OpenAIError]] = {
 
 _RETRYABLE_STATUSES = frozenset({408, 409, 429})
 
+# What may go into the Idempotency-Key header (Slack trigger ids are digits, dots and hex).
+IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9._:-]{1,200}")
+
 
 @dataclass(frozen=True)
 class RetryPolicy:
@@ -178,7 +181,10 @@ class FineTuningClient:
         hyperparameters: Mapping[str, Any] | None = None,
         integrations: list[Mapping[str, Any]] | None = None,
         metadata: Mapping[str, str] | None = None,
+        idempotency_key: str | None = None,
     ) -> FineTuningJob:
+        """`idempotency_key`: the same key (and body) within OpenAI's window returns the job the
+        first request created instead of starting another; without it, one key per call."""
         _require(ids.is_file_id(training_file), f"not a file id: {training_file!r}")
         if validation_file is not None:
             _require(ids.is_file_id(validation_file), f"not a file id: {validation_file!r}")
@@ -193,7 +199,7 @@ class FineTuningClient:
             "metadata": dict(metadata) if metadata is not None else None,
         }
         body.update({k: v for k, v in optional.items() if v is not None})
-        data = await self._request("POST", "/fine_tuning/jobs", json=body)
+        data = await self._request("POST", "/fine_tuning/jobs", json=body, idempotency_key=idempotency_key)
         return FineTuningJob.from_api(data)
 
     async def list_jobs(
@@ -269,13 +275,19 @@ class FineTuningClient:
         *,
         params: Mapping[str, str] | None = None,
         json: Any = None,
+        idempotency_key: str | None = None,
     ) -> dict[str, Any]:
         url = self._base_url + path
         headers = dict(self._headers)
         if method != "GET":
             # One key for every attempt, so a retried POST after a lost response cannot start a
-            # second job (openai-python sends the same header for the same reason).
-            headers["Idempotency-Key"] = f"finetune-bot-{uuid.uuid4()}"
+            # second job (openai-python sends the same header for the same reason). A caller's key
+            # (a create's Slack trigger_id) extends that to redeliveries of the same command.
+            _require(
+                idempotency_key is None or IDEMPOTENCY_KEY.fullmatch(idempotency_key) is not None,
+                "unsafe idempotency key",
+            )
+            headers["Idempotency-Key"] = idempotency_key or f"finetune-bot-{uuid.uuid4()}"
         policy = self._retry
         deadline = time.monotonic() + policy.total_budget
         attempt = 0

@@ -15,7 +15,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from bot import ids
@@ -51,7 +51,9 @@ class Poller:
         lease_ttl: float,
         concurrency: int = 8,
         clock: Callable[[], float] = time.time,
+        reconcile_creates: Callable[[], Awaitable[int]] | None = None,
     ) -> None:
+        self._reconcile_creates = reconcile_creates
         self._store = store
         self._openai = openai
         self._notifier = notifier
@@ -62,6 +64,9 @@ class Poller:
 
     async def cycle(self) -> None:
         """One poll cycle. Never raises: the scheduler must keep calling it."""
+        if self._reconcile_creates is not None:
+            # First, so that a half-done create found here is watched in this very cycle.
+            await self._reconcile_creates()
         try:
             await self._cycle()
         except Exception:

@@ -553,6 +553,42 @@ def render_internal_error() -> Reply:
     return _reply(message, [_section(message)])
 
 
+# ---------------------------------------------------------------------------------------------- creates
+
+
+def render_create_not_started_database() -> Reply:
+    """The create could not be recorded, so OpenAI was never called: safe to try again later."""
+    message = (
+        ":warning: Nothing was started: I couldn't record the job in my database (a problem on the "
+        "bot's side, not yours). Try again in a few minutes; if it keeps happening, tell whoever runs "
+        "finetune-bot."
+    )
+    return _reply(message, [_section(message)])
+
+
+def render_create_untracked(job: FineTuningJob, user_id: str, now: int) -> Reply:
+    """OpenAI started the job but the bot could not write it down: the user must not retry."""
+    job_id = _clip(job.id, ID_CHARS)
+    notice = (
+        f":warning: Your fine-tuning job {_code(job.id)} *was started and is running* — don't run "
+        "`create` again, that would start (and bill) a second job. I couldn't record it in my "
+        "database (a problem on the bot's side), so its outcome may not be announced here "
+        f"automatically: `/finetune get {job_id}` shows how it is doing."
+    )
+    text = f"Your fine-tuning job {job_id} was started and is running; don't retry. /finetune get {job_id}"
+    return _reply(text, [_section(notice), *_announcement(job, user_id, now)[1][1:]])
+
+
+def render_create_duplicate(job_id: str) -> Reply:
+    """The same command (same Slack trigger) reached the bot again: nothing new was started."""
+    message = (
+        f":information_source: This command reached me more than once; it started fine-tuning job "
+        f"{_code(job_id)} the first time, and nothing new was started. "
+        f"`/finetune get {_clip(job_id, ID_CHARS)}` shows how it is doing."
+    )
+    return _reply(message, [_section(message)])
+
+
 # ---------------------------------------------------------------------------------------------- watches
 
 

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
+from sqlalchemy.exc import SQLAlchemyError
 
 from bot import render
 from bot.access import (
@@ -37,14 +41,25 @@ from bot.commands import (
     UnwatchCommand,
     WatchCommand,
 )
+from bot.crash import crash_point
 from bot.models import FineTuningJob
-from bot.openai_client import FineTuningClient, NotFoundError, OpenAIError
-from bot.store import Store
+from bot.openai_client import (
+    IDEMPOTENCY_KEY,
+    FineTuningClient,
+    NotFoundError,
+    OpenAIError,
+    ServerError,
+    UnavailableError,
+)
+from bot.store import PendingCreate, Store, Watch
 
 log = logging.getLogger(__name__)
 
 # Slack errors that mean "this channel will not take the bot's message", where retrying is useless.
 CHANNEL_REFUSED = frozenset({"not_in_channel", "channel_not_found", "is_archived", "restricted_action"})
+# Slack message metadata on a create's announcement, carrying its key: after a crash between the
+# post and writing it down, the reconciliation finds the message instead of posting it twice.
+ANNOUNCEMENT_EVENT = "finetune_announcement"
 
 
 @dataclass(frozen=True)
@@ -54,6 +69,52 @@ class Invocation:
     team_id: str
     channel_id: str
     user_id: str
+    # Slack's id for this one command: the same on every redelivery or replay of it.
+    trigger_id: str = ""
+    response_url: str | None = None
+
+
+def create_key(trigger_id: str) -> str:
+    """One key per command, used as the pending row's key, the job's `slack_trigger` metadata and
+    the Idempotency-Key: Slack's trigger_id itself (digits, dots, hex), a digest of anything
+    stranger, and a fresh key if Slack sent none (then a replay cannot be recognised)."""
+    if IDEMPOTENCY_KEY.fullmatch(trigger_id):
+        return trigger_id
+    if trigger_id:
+        return "sha256-" + hashlib.sha256(trigger_id.encode()).hexdigest()
+    return f"untriggered-{uuid.uuid4().hex}"
+
+
+def create_request(command: CreateCommand, invocation: Invocation, key: str) -> dict[str, Any]:
+    """The body of the create, as `FineTuningClient.create_job` keywords (also kept on the pending
+    row, so the same request could be told apart later)."""
+    return {
+        "training_file": command.training_file,
+        "model": command.model,
+        "validation_file": command.validation_file,
+        "suffix": command.suffix,
+        "seed": command.seed,
+        "method": command.method_payload(),
+        # Lets anyone (and later versions of the bot) tell which jobs were started from Slack;
+        # `slack_trigger` finds this very job again (`GET /fine_tuning/jobs?metadata[…]=…`).
+        "metadata": {
+            "started_by": "finetune-bot",
+            "slack_team": invocation.team_id[:512],
+            "slack_channel": invocation.channel_id[:512],
+            "slack_user": invocation.user_id[:512],
+            "slack_trigger": key,
+        },
+    }
+
+
+def invocation_of(pending: PendingCreate) -> Invocation:
+    return Invocation(
+        team_id=pending.team_id,
+        channel_id=pending.channel_id,
+        user_id=pending.user_id,
+        trigger_id=pending.trigger_id,
+        response_url=pending.response_url,
+    )
 
 
 class CommandRunner:
@@ -66,6 +127,7 @@ class CommandRunner:
         admins: frozenset[str] = frozenset(),
         read_access: ReadAccess = DEFAULT_READ_ACCESS,
         clock: Callable[[], float] = time.time,
+        owner: str = "runner",
     ) -> None:
         self._openai = openai
         self._slack = slack
@@ -73,6 +135,12 @@ class CommandRunner:
         self._admins = admins
         self._read_access = read_access
         self._clock = clock
+        self._owner = owner  # this process, on the pending creates it carries out
+        self._in_flight: set[str] = set()  # keys of the creates this process is carrying out now
+
+    def is_carrying_out(self, key: str) -> bool:
+        """Reconciliation leaves alone a create this process is still working on."""
+        return key in self._in_flight
 
     def _now(self) -> int:
         return int(self._clock())
@@ -200,24 +268,99 @@ class CommandRunner:
         return render.render_unwatched(job_id, ended)
 
     async def _create(self, command: CreateCommand, invocation: Invocation) -> render.Reply | None:
-        job = await self._openai.create_job(
-            training_file=command.training_file,
-            model=command.model,
-            validation_file=command.validation_file,
-            suffix=command.suffix,
-            seed=command.seed,
-            method=command.method_payload(),
-            # Lets anyone (and later versions of the bot) tell which jobs were started from Slack.
-            metadata={
-                "started_by": "finetune-bot",
-                "slack_team": invocation.team_id[:512],
-                "slack_channel": invocation.channel_id[:512],
-                "slack_user": invocation.user_id[:512],
-            },
-        )
+        """Write the create down, then ask OpenAI, then watch and announce the job.
+
+        Nothing is started unless it is written down first; once OpenAI has the job, the user
+        hears its id whatever the database does; the same command delivered again (same
+        trigger_id, sent as the Idempotency-Key) gets the same job back and is not announced twice.
+        """
+        key = create_key(invocation.trigger_id)
+        self._in_flight.add(key)
+        try:
+            return await self._create_once(key, command, invocation)
+        finally:
+            self._in_flight.discard(key)
+
+    async def _create_once(
+        self, key: str, command: CreateCommand, invocation: Invocation
+    ) -> render.Reply | None:
+        request = create_request(command, invocation, key)
+        try:
+            pending, fresh = await asyncio.to_thread(
+                self._store.begin_create,
+                trigger_id=key,
+                team_id=invocation.team_id,
+                channel_id=invocation.channel_id,
+                user_id=invocation.user_id,
+                response_url=invocation.response_url,
+                params=request,
+                owner=self._owner,
+            )
+        except SQLAlchemyError:
+            log.exception("could not record a create before calling OpenAI; nothing was started")
+            return render.render_create_not_started_database()
+        if not fresh and pending.job_id is not None:
+            log.info("create %s delivered again: it already started %s", key, pending.job_id)
+            return render.render_create_duplicate(pending.job_id)
+        try:
+            job = await self._openai.create_job(**request, idempotency_key=key)
+        except OpenAIError as error:
+            return await self._create_failed(pending, error)
+        crash_point("after_openai_create")
         log.info("created %s for user %s in channel %s", job.id, invocation.user_id, invocation.channel_id)
+        return await self.record_and_announce(pending, job)
+
+    async def _create_failed(self, pending: PendingCreate, error: OpenAIError) -> render.Reply:
+        log.warning(
+            "OpenAI refused CreateCommand (status=%s code=%s request_id=%s)",
+            error.status,
+            error.code,
+            error.request_id,
+        )
+        # A timeout or 5xx leaves it unknown whether the job exists ("unconfirmed"); either way the
+        # row is closed, so the command can be replayed (same key: the same job, or a clean retry).
+        state = "unconfirmed" if isinstance(error, ServerError | UnavailableError) else "failed"
+        note = f"OpenAI {error.status or type(error).__name__}"
+        try:
+            await asyncio.to_thread(self._store.close_create, pending.trigger_id, state, note)
+        except SQLAlchemyError:
+            log.warning("could not close the refused create %s; reconciliation will", pending.trigger_id)
+        return render.render_openai_error(error)
+
+    async def record_and_announce(self, pending: PendingCreate, job: FineTuningJob) -> render.Reply | None:
+        """Note the job and watch it (one transaction), then announce it. If the database fails,
+        the user still gets the job id and is told not to retry; the pending row stays open, so
+        reconciliation writes it down and announces it once the database is back."""
+        try:
+            watch = await asyncio.to_thread(
+                self._store.record_created,
+                pending,
+                job_id=job.id,
+                job_created_at=job.created_at,
+                status=job.status,
+            )
+        except SQLAlchemyError:
+            log.exception("%s was created at OpenAI but could not be recorded; telling the user", job.id)
+            return render.render_create_untracked(job, pending.user_id, self._now())
+        if watch is None:
+            log.info("create %s delivered again: %s was recorded first", pending.trigger_id, job.id)
+            return render.render_create_duplicate(job.id)
+        return await self.announce_created(pending, job, watch)
+
+    async def announce_created(
+        self, pending: PendingCreate, job: FineTuningJob, watch: Watch
+    ) -> render.Reply | None:
+        invocation = invocation_of(pending)
         message = render.render_announcement(job, invocation.user_id, self._now())
-        return await self._announce_and_watch(job, invocation, message, origin="create")
+        metadata = {"event_type": ANNOUNCEMENT_EVENT, "event_payload": {"key": pending.trigger_id}}
+        ts, reply = await self._post_announcement(job, invocation, message, metadata=metadata)
+        try:
+            await asyncio.to_thread(self._store.mark_announced, pending.trigger_id, watch.id, ts)
+        except SQLAlchemyError:
+            # The job is watched and the channel has its announcement; only the thread is lost
+            # (the outcome will be posted in the channel itself).
+            log.exception("could not note the announcement of %s", job.id)
+        return reply
 
     async def _watch(self, job_id: str, invocation: Invocation) -> render.Reply | None:
         existing = await asyncio.to_thread(self._store.get_watch, job_id, invocation.channel_id)
@@ -252,22 +395,40 @@ class CommandRunner:
             status=job.status,
             origin=origin,
         )
+        ts, reply = await self._post_announcement(job, invocation, message)
+        if ts is not None:
+            await asyncio.to_thread(self._store.set_announcement, watch.id, ts)
+        return reply
+
+    async def _post_announcement(
+        self,
+        job: FineTuningJob,
+        invocation: Invocation,
+        message: render.Reply,
+        *,
+        metadata: dict[str, Any] | None = None,
+    ) -> tuple[str | None, render.Reply | None]:
+        """Post the parent message: its ts, or the private reply to send instead."""
+        extra: dict[str, Any] = {"metadata": metadata} if metadata else {}
         try:
             response = await self._slack.chat_postMessage(
-                channel=invocation.channel_id, unfurl_links=False, unfurl_media=False, **message.as_kwargs()
+                channel=invocation.channel_id,
+                unfurl_links=False,
+                unfurl_media=False,
+                **extra,
+                **message.as_kwargs(),
             )
         except SlackApiError as error:
             reason = str(error.response.get("error") or "unknown_error")
             if reason not in CHANNEL_REFUSED:
                 log.error("could not announce %s in %s: %s", job.id, invocation.channel_id, reason)
-            return render.render_announcement_not_posted(
+            return None, render.render_announcement_not_posted(
                 job, invocation.user_id, invocation.channel_id, reason, self._now()
             )
         except Exception:
             # The job exists whatever Slack does: the user must still hear about it.
             log.exception("could not announce %s in %s", job.id, invocation.channel_id)
-            return render.render_announcement_not_posted(
+            return None, render.render_announcement_not_posted(
                 job, invocation.user_id, invocation.channel_id, "slack_unavailable", self._now()
             )
-        await asyncio.to_thread(self._store.set_announcement, watch.id, str(response["ts"]))
-        return None
+        return str(response["ts"]), None

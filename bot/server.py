@@ -31,6 +31,7 @@ from bot.inflight import InFlight
 from bot.listeners import register_listeners
 from bot.notifier import Notifier
 from bot.openai_client import FineTuningClient, build_http_client
+from bot.pending import CreateReconciler
 from bot.poller import Poller
 from bot.runner import CommandRunner
 from bot.slack_app import build_app, build_slack_client
@@ -65,11 +66,33 @@ def build_asgi(settings: Settings, store: Store) -> Starlette:
         store.release_all_leases()
     posting_client = build_slack_client(settings, posting=True)
     notifier = Notifier(store, posting_client, owner=owner, lease_ttl=lease_ttl)
-    poller = Poller(
-        store, openai, notifier, owner=owner, lease_ttl=lease_ttl, concurrency=settings.poll_concurrency
-    )
     runner = CommandRunner(
-        openai, posting_client, store, admins=settings.admins, read_access=settings.read_access
+        openai,
+        posting_client,
+        store,
+        admins=settings.admins,
+        read_access=settings.read_access,
+        owner=owner,
+    )
+    # Creates left half-done (a crash, a database failure) are finished each cycle: on SQLite every
+    # other owner is a dead predecessor; on PostgreSQL a replica's row is taken over once stale.
+    reconciler = CreateReconciler(
+        store,
+        openai,
+        posting_client,
+        runner,
+        owner=owner,
+        stale_after=lease_ttl,
+        others_orphaned=store.engine.dialect.name == "sqlite",
+    )
+    poller = Poller(
+        store,
+        openai,
+        notifier,
+        owner=owner,
+        lease_ttl=lease_ttl,
+        concurrency=settings.poll_concurrency,
+        reconcile_creates=reconciler.run,
     )
     inflight = InFlight()
     register_listeners(

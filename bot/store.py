@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # libpq waits for the OS (minutes) on a host that drops packets; a poll cycle or a start-up wait
 # should hear "no answer" well before that.
 CONNECT_TIMEOUT_SECONDS = 10
@@ -101,6 +101,57 @@ webhook_deliveries = sa.Table(
     sa.Column("webhook_id", sa.String(200), primary_key=True),
     sa.Column("received_at", sa.Float, nullable=False),
 )
+
+
+# A `/finetune create` from the moment it is accepted, keyed by Slack's trigger_id (also the
+# Idempotency-Key sent to OpenAI), so a create can never leave a paid job nobody tracks, and a
+# replayed command never starts a second job. Written BEFORE OpenAI is called.
+# state: pending (OpenAI called, or about to be) → created (job id known, watch written) →
+# announced; or failed (OpenAI refused), unconfirmed (OpenAI timed out or answered 5xx) or
+# abandoned (the bot stopped half-way and no job with this key ever appeared).
+pending_creates = sa.Table(
+    "finetune_pending_creates",
+    metadata,
+    sa.Column("trigger_id", sa.String(200), primary_key=True),
+    sa.Column("team_id", sa.String(64), nullable=False),
+    sa.Column("channel_id", sa.String(64), nullable=False),
+    sa.Column("user_id", sa.String(64), nullable=False),
+    sa.Column("response_url", sa.Text, nullable=True),
+    sa.Column("params", sa.Text, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("job_id", sa.String(80), nullable=True),
+    sa.Column("watch_id", sa.Integer, nullable=True),
+    sa.Column("owner", sa.String(64), nullable=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Column("note", sa.String(200), nullable=True),
+)
+sa.Index("ix_finetune_pending_creates_state", pending_creates.c.state, pending_creates.c.updated_at)
+
+# States of a pending create that still need the bot (see `Store.pending_to_reconcile`).
+OPEN_CREATE_STATES = ("pending", "created")
+
+
+@dataclass(frozen=True)
+class PendingCreate:
+    trigger_id: str
+    team_id: str
+    channel_id: str
+    user_id: str
+    response_url: str | None
+    params: dict[str, Any]
+    state: str
+    job_id: str | None
+    watch_id: int | None
+    owner: str | None
+    created_at: float
+    updated_at: float
+
+    @classmethod
+    def from_row(cls, row: Any) -> PendingCreate:
+        m = dict(row._mapping)
+        m["params"] = json.loads(m["params"])
+        return cls(**{f: m[f] for f in cls.__dataclass_fields__})
 
 
 @dataclass(frozen=True)
@@ -231,7 +282,8 @@ class Store:
                     f"the database schema is version {current}, newer than this bot ({SCHEMA_VERSION})"
                 )
             elif current < SCHEMA_VERSION:
-                # Future upgrade steps go here, one `if current < N:` block each.
+                # One step per version. 1 → 2 added finetune_pending_creates, which `create_all`
+                # above has just created (it only adds what is missing): nothing to alter.
                 conn.execute(schema_info.update().values(version=SCHEMA_VERSION))
 
     def release_all_leases(self) -> None:
@@ -262,36 +314,63 @@ class Store:
         channel already follows keeps the first watch (and its announcement)."""
         now = time.time() if now is None else now
         with self._tx() as conn:
-            inserted = conn.execute(
-                self._insert(watches)
-                .values(
-                    job_id=job_id,
-                    team_id=team_id,
-                    channel_id=channel_id,
-                    user_id=user_id,
-                    origin=origin,
-                    announcement_ts=announcement_ts,
-                    created_at=now,
-                    job_created_at=job_created_at,
-                    last_status=status,
+            return self._add_watch(
+                conn,
+                job_id=job_id,
+                team_id=team_id,
+                channel_id=channel_id,
+                user_id=user_id,
+                announcement_ts=announcement_ts,
+                job_created_at=job_created_at,
+                status=status,
+                origin=origin,
+                now=now,
+            )
+
+    def _add_watch(
+        self,
+        conn: Connection,
+        *,
+        job_id: str,
+        team_id: str,
+        channel_id: str,
+        user_id: str,
+        announcement_ts: str | None,
+        job_created_at: int | None,
+        status: str | None,
+        origin: str,
+        now: float,
+    ) -> tuple[Watch, bool]:
+        inserted = conn.execute(
+            self._insert(watches)
+            .values(
+                job_id=job_id,
+                team_id=team_id,
+                channel_id=channel_id,
+                user_id=user_id,
+                origin=origin,
+                announcement_ts=announcement_ts,
+                created_at=now,
+                job_created_at=job_created_at,
+                last_status=status,
+            )
+            .on_conflict_do_nothing(index_elements=["job_id", "channel_id"])
+            .returning(watches.c.id)
+        ).scalar()
+        if inserted is None:
+            # Watched before: revive it if it had been unwatched.
+            conn.execute(
+                watches.update()
+                .where(
+                    watches.c.job_id == job_id,
+                    watches.c.channel_id == channel_id,
+                    watches.c.end_reason.like("unwatched%"),
                 )
-                .on_conflict_do_nothing(index_elements=["job_id", "channel_id"])
-                .returning(watches.c.id)
-            ).scalar()
-            if inserted is None:
-                # Watched before: revive it if it had been unwatched.
-                conn.execute(
-                    watches.update()
-                    .where(
-                        watches.c.job_id == job_id,
-                        watches.c.channel_id == channel_id,
-                        watches.c.end_reason.like("unwatched%"),
-                    )
-                    .values(ended_at=None, end_reason=None, lease_owner=None, lease_expires_at=None)
-                )
-            row = conn.execute(
-                sa.select(watches).where(watches.c.job_id == job_id, watches.c.channel_id == channel_id)
-            ).one()
+                .values(ended_at=None, end_reason=None, lease_owner=None, lease_expires_at=None)
+            )
+        row = conn.execute(
+            sa.select(watches).where(watches.c.job_id == job_id, watches.c.channel_id == channel_id)
+        ).one()
         return Watch.from_row(row), inserted is not None
 
     def set_announcement(self, watch_id: int, ts: str) -> None:
@@ -546,6 +625,172 @@ class Store:
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(watches).where(watches.c.id == watch_id)).first()
         return Watch.from_row(row) if row else None
+
+    # -- pending creates -------------------------------------------------------------------------
+
+    def begin_create(
+        self,
+        *,
+        trigger_id: str,
+        team_id: str,
+        channel_id: str,
+        user_id: str,
+        response_url: str | None,
+        params: dict[str, Any],
+        owner: str,
+        now: float | None = None,
+    ) -> tuple[PendingCreate, bool]:
+        """Record a create before OpenAI is called; returns the row and whether it is new (False:
+        this trigger_id was seen before — a replayed or redelivered command)."""
+        now = time.time() if now is None else now
+        with self._tx() as conn:
+            inserted = conn.execute(
+                self._insert(pending_creates)
+                .values(
+                    trigger_id=trigger_id,
+                    team_id=team_id,
+                    channel_id=channel_id,
+                    user_id=user_id,
+                    response_url=response_url,
+                    params=json.dumps(params, separators=(",", ":")),
+                    state="pending",
+                    owner=owner,
+                    created_at=now,
+                    updated_at=now,
+                )
+                .on_conflict_do_nothing(index_elements=["trigger_id"])
+                .returning(pending_creates.c.trigger_id)
+            ).scalar()
+            row = conn.execute(
+                sa.select(pending_creates).where(pending_creates.c.trigger_id == trigger_id)
+            ).one()
+        return PendingCreate.from_row(row), inserted is not None
+
+    def record_created(
+        self,
+        pending: PendingCreate,
+        *,
+        job_id: str,
+        job_created_at: int | None,
+        status: str | None,
+        now: float | None = None,
+    ) -> Watch | None:
+        """In one transaction: note the job on the pending row and watch it in the channel.
+        None if another delivery of the same command recorded it first (it announces, not us)."""
+        now = time.time() if now is None else now
+        with self._tx() as conn:
+            claimed = conn.execute(
+                pending_creates.update()
+                .where(
+                    pending_creates.c.trigger_id == pending.trigger_id,
+                    pending_creates.c.job_id.is_(None),
+                    # Even a create given up on is tracked if its job turns up after all.
+                    pending_creates.c.state.in_(("pending", "failed", "unconfirmed", "abandoned")),
+                )
+                .values(state="created", job_id=job_id, updated_at=now)
+            ).rowcount
+            if claimed != 1:
+                return None
+            watch, _ = self._add_watch(
+                conn,
+                job_id=job_id,
+                team_id=pending.team_id,
+                channel_id=pending.channel_id,
+                user_id=pending.user_id,
+                announcement_ts=None,
+                job_created_at=job_created_at,
+                status=status,
+                origin="create",
+                now=now,
+            )
+            conn.execute(
+                pending_creates.update()
+                .where(pending_creates.c.trigger_id == pending.trigger_id)
+                .values(watch_id=watch.id)
+            )
+        return watch
+
+    def mark_announced(
+        self, trigger_id: str, watch_id: int, ts: str | None, now: float | None = None
+    ) -> None:
+        """The announcement is in Slack (ts None: it went to the user privately instead)."""
+        now = time.time() if now is None else now
+        with self._tx() as conn:
+            if ts is not None:
+                conn.execute(watches.update().where(watches.c.id == watch_id).values(announcement_ts=ts))
+            conn.execute(
+                pending_creates.update()
+                .where(pending_creates.c.trigger_id == trigger_id)
+                .values(state="announced", updated_at=now)
+            )
+
+    def close_create(self, trigger_id: str, state: str, note: str, now: float | None = None) -> None:
+        """End a pending create without a job: `failed` (OpenAI refused) or `abandoned`."""
+        now = time.time() if now is None else now
+        with self._tx() as conn:
+            conn.execute(
+                pending_creates.update()
+                .where(pending_creates.c.trigger_id == trigger_id, pending_creates.c.job_id.is_(None))
+                .values(state=state, note=note[:200], updated_at=now)
+            )
+
+    def get_pending_create(self, trigger_id: str) -> PendingCreate | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(pending_creates).where(pending_creates.c.trigger_id == trigger_id)
+            ).first()
+        return PendingCreate.from_row(row) if row else None
+
+    def pending_creates(self) -> list[PendingCreate]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(pending_creates).order_by(pending_creates.c.created_at))
+            return [PendingCreate.from_row(r) for r in rows]
+
+    def pending_to_reconcile(
+        self, owner: str, *, stale_before: float, others_orphaned: bool, limit: int = 50
+    ) -> list[PendingCreate]:
+        """Open creates that may need taking over: this process's own (the caller skips those it is
+        still carrying out), any whose row has not moved since `stale_before` (its replica died),
+        and — when `others_orphaned` (SQLite: one process, so another owner is a dead
+        predecessor) — any other owner's. Cheap when there are none: one indexed query."""
+        orphaned = sa.or_(pending_creates.c.updated_at < stale_before, pending_creates.c.owner == owner)
+        if others_orphaned:
+            orphaned = sa.or_(
+                orphaned, pending_creates.c.owner.is_(None), pending_creates.c.owner != owner
+            )
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(pending_creates)
+                .where(pending_creates.c.state.in_(OPEN_CREATE_STATES), orphaned)
+                .order_by(pending_creates.c.created_at)
+                .limit(limit)
+            )
+            return [PendingCreate.from_row(r) for r in rows]
+
+    def claim_pending(self, pending: PendingCreate, owner: str, now: float | None = None) -> bool:
+        """Take over an open create (compare-and-set, so two replicas never both handle it)."""
+        now = time.time() if now is None else now
+        with self._tx() as conn:
+            return (
+                conn.execute(
+                    pending_creates.update()
+                    .where(
+                        pending_creates.c.trigger_id == pending.trigger_id,
+                        pending_creates.c.state == pending.state,
+                        pending_creates.c.updated_at == pending.updated_at,
+                    )
+                    .values(owner=owner, updated_at=now)
+                ).rowcount
+                == 1
+            )
+
+    def purge_closed_creates(self, before: float) -> int:
+        with self._tx() as conn:
+            return conn.execute(
+                pending_creates.delete().where(
+                    pending_creates.c.state.not_in(OPEN_CREATE_STATES), pending_creates.c.updated_at < before
+                )
+            ).rowcount
 
     # -- webhooks --------------------------------------------------------------------------------
 

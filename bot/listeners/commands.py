@@ -81,6 +81,8 @@ def register(
             team_id=str(command.get("team_id") or ""),
             channel_id=str(command.get("channel_id") or ""),
             user_id=str(command.get("user_id") or ""),
+            trigger_id=str(command.get("trigger_id") or ""),
+            response_url=str(command.get("response_url") or "") or None,
         )
         async with inflight.track():
             try:

@@ -129,6 +129,9 @@ _STATUS_EVENTS: dict[str, tuple[str, str]] = {
 }
 
 
+IDEMPOTENCY_WINDOW = 24 * 3600.0
+
+
 class ApiError(Exception):
     """An OpenAI-style error response: ``{"error": {message, type, param, code}}``."""
 
@@ -246,6 +249,8 @@ class FakeOpenAI(FakeServer):
         self._requests: list[RecordedRequest] = []
         self._faults: list[Fault] = []
         self._schema_errors: list[str] = []
+        # Idempotency-Key → (when, body, the successful answer), replayed like OpenAI does.
+        self._idempotent: dict[str, tuple[float, bytes, Any]] = {}
         now = int(time.time())
         self.add_file("training.jsonl", _DEFAULT_TRAINING_JSONL, file_id="file-abc123", created_at=now - 7200)
         self.add_file(
@@ -755,13 +760,37 @@ class FakeOpenAI(FakeServer):
             self._check_auth(request)
             query = self._parse_query(op, request)
             body = self._parse_body(op, request, raw, form)
+            key = request.headers.get("Idempotency-Key") if request.method == "POST" else None
             with self.lock:
+                replayed = self._idempotent_replay(key, raw)
+                if replayed is not None:
+                    return self._json_response(op, replayed)
                 result = self._handlers[op.operation_id](path_params, query, body)
+                if key and not isinstance(result, web.Response):
+                    self._idempotent[key] = (time.time(), raw, copy.deepcopy(result))
         except ApiError as exc:
             return self._error_response(exc, op)
         if isinstance(result, web.Response):
             return result
         return self._json_response(op, result)
+
+    def _idempotent_replay(self, key: str | None, raw: bytes) -> Any:
+        """Like OpenAI (and Stripe, whose scheme it follows): a POST repeating a key seen in the
+        last 24 hours gets the first answer again instead of acting twice; the same key with a
+        different body is refused. Only successes are remembered (errors may be retried)."""
+        if not key:
+            return None
+        seen = self._idempotent.get(key)
+        if seen is None or time.time() - seen[0] > IDEMPOTENCY_WINDOW:
+            return None
+        if seen[1] != raw:
+            raise ApiError(
+                400,
+                "Keys for idempotent requests can only be used with the same parameters they were "
+                "first used with.",
+                code="idempotency_key_reused",
+            )
+        return copy.deepcopy(seen[2])
 
     def _check_auth(self, request: web.Request) -> None:
         header = request.headers.get("Authorization")

@@ -1,0 +1,360 @@
+"""A create can never leave a paid job nobody tracks, nor start two jobs.
+
+The bot writes every create down (keyed by Slack's trigger_id, also the Idempotency-Key) before it
+calls OpenAI. Here the database really fails: SQLite on a tmpfs that is remounted read-only or
+filled to the last byte, PostgreSQL switched to read-only transactions or given a tablespace on a
+full tmpfs. The bot is also SIGKILLed between OpenAI creating the job and writing it down, and the
+very same signed command is delivered three times.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import shutil
+import subprocess
+import tempfile
+import urllib.parse
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from bot.store import SCHEMA_VERSION, Store, metadata, pending_creates, schema_info
+from tests.bot_process import SIGNING_SECRET
+from tests.db import PG_ADMIN_URL, fresh_postgres_database, require_postgres
+from tests.fakes import FakeOpenAI, FakeSlack, sign_slack_request
+from tests.harness import Harness, all_text, start_bot
+from tests.test_e2e_exactly_once import wait_killed
+from tests.test_e2e_notifications import outcomes
+
+CHANNEL = "C123"
+
+
+def announcements(h: Harness, job_id: str) -> list[object]:
+    """Top-level messages in the channel that announce `job_id` (not its outcome)."""
+    return [
+        m
+        for m in h.slack.messages_in(CHANNEL)
+        if m.thread_ts is None
+        and job_id in all_text({"t": m.text, "b": m.blocks})
+        and (m.params.get("metadata") or {}).get("event_type") != "finetune_outcome"
+    ]
+
+
+def signed_create(h: Harness, trigger_id: str, key: str) -> tuple[str, dict[str, str]]:
+    fields = h.slack.slash_command_payload(
+        "create file-abc123",
+        channel_id=CHANNEL,
+        response_url=h.slack.response_url(key),
+        trigger_id=trigger_id,
+    )
+    body = urllib.parse.urlencode(fields)
+    return body, sign_slack_request(body, SIGNING_SECRET)
+
+
+def deliver(h: Harness, body: str, headers: dict[str, str]) -> None:
+    response = httpx.post(f"{h.bot.url}/slack/events", content=body, headers=headers, timeout=10)
+    assert response.status_code == 200
+
+
+def creates(openai: FakeOpenAI) -> list[object]:
+    return openai.requests_to(r"/fine_tuning/jobs", "POST")
+
+
+# -------------------------------------------------------------------------------------- replays
+
+
+@pytest.mark.parametrize("timing", ["after-the-first-finished", "all-at-once"])
+def test_same_signed_command_three_times_starts_one_job(
+    fake_openai: FakeOpenAI, fake_slack: FakeSlack, tmp_path: Path, timing: str
+) -> None:
+    bot = start_bot(fake_openai, fake_slack, tmp_path)
+    h = Harness(bot, fake_openai, fake_slack)
+    trigger = f"1234567.890.{uuid.uuid4().hex}"
+    key = uuid.uuid4().hex
+    body, headers = signed_create(h, trigger, key)
+    try:
+        if timing == "all-at-once":
+            fake_openai.latency = 0.5  # the deliveries overlap at OpenAI
+            for _ in range(3):
+                deliver(h, body, headers)
+        else:
+            deliver(h, body, headers)
+            fake_slack.wait_for(lambda s: s.messages_in(CHANNEL))
+            deliver(h, body, headers)
+            deliver(h, body, headers)
+        # The two extra deliveries were handled: each got "nothing new was started".
+        fake_slack.wait_for(lambda s: len(s.responses_for(key)) >= 2, timeout=15)
+        [job_id] = fake_openai.jobs
+        replies = [all_text(r.json) for r in fake_slack.responses_for(key)]
+        assert len(replies) == 2 and all("more than once" in r and job_id in r for r in replies), replies
+        assert len(announcements(h, job_id)) == 1
+        assert fake_openai.jobs[job_id]["metadata"]["slack_trigger"] == trigger
+        sent_keys = {r.headers.get("idempotency-key") for r in creates(fake_openai)}
+        assert sent_keys == {trigger}
+        if timing == "after-the-first-finished":
+            # The replays were recognised from the database: OpenAI was asked once.
+            assert len(creates(fake_openai)) == 1
+    finally:
+        assert bot.stop() == 0, bot.logs
+
+
+def test_fake_openai_honours_idempotency_key(fake_openai: FakeOpenAI) -> None:
+    url = f"{fake_openai.base_url}/fine_tuning/jobs"
+    auth = {"Authorization": f"Bearer {fake_openai.api_key}", "Idempotency-Key": "k-1"}
+    body = {"model": "gpt-4o-mini-2024-07-18", "training_file": "file-abc123"}
+    first = httpx.post(url, json=body, headers=auth).json()
+    again = httpx.post(url, json=body, headers=auth).json()
+    other = httpx.post(url, json={**body, "suffix": "x"}, headers=auth)
+    fresh = httpx.post(url, json=body, headers={**auth, "Idempotency-Key": "k-2"}).json()
+    assert again["id"] == first["id"] and fresh["id"] != first["id"]
+    assert other.status_code == 400
+    assert len(fake_openai.jobs) == 2
+
+
+# --------------------------------------------------------------------------- crash half-way
+
+
+def test_killed_after_openai_created_the_job_is_found_and_announced_once(
+    fake_openai: FakeOpenAI, fake_slack: FakeSlack, tmp_path: Path
+) -> None:
+    bot = start_bot(
+        fake_openai, fake_slack, tmp_path, POLL_INTERVAL_SECONDS="1", FINETUNE_CRASH_AT="after_openai_create"
+    )
+    h = Harness(bot, fake_openai, fake_slack)
+    h.command("create file-abc123", channel_id=CHANNEL)
+    wait_killed(bot)
+    [job_id] = fake_openai.jobs
+    assert fake_slack.messages == []  # died before writing it down or announcing it
+
+    h.bot = start_bot(fake_openai, fake_slack, tmp_path, POLL_INTERVAL_SECONDS="1")
+    try:
+        fake_slack.wait_for(lambda s: announcements(h, job_id), timeout=15)
+        [request] = fake_openai.requests_to(r"/fine_tuning/jobs", "GET")[:1]
+        assert request.query.get("metadata[slack_trigger]")  # found by its metadata
+        # It is watched: its outcome is threaded under that one announcement.
+        fake_openai.set_status(job_id, "succeeded")
+        fake_slack.wait_for(lambda s: outcomes(h, job_id), timeout=15)
+        [announcement] = announcements(h, job_id)
+        [outcome] = outcomes(h, job_id)
+        assert outcome.thread_ts == announcement.ts  # type: ignore[attr-defined]
+    finally:
+        assert h.bot.stop() == 0, h.bot.logs
+
+
+# ------------------------------------------------------------------------- database failures
+
+
+class SqliteOnTmpfs:
+    """A SQLite database on its own small tmpfs, which can be made read-only or full."""
+
+    def __init__(self, root: Path) -> None:
+        self.dir = root / "dbfs"
+        self.dir.mkdir(mode=0o755)
+        mounted = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(self.dir)], capture_output=True, text=True
+        )
+        if mounted.returncode != 0:
+            reason = f"cannot mount a tmpfs here ({mounted.stderr.strip()}); needs root"
+            print(f"\nskipping: {reason}")
+            pytest.skip(reason)
+        self.url = f"sqlite:///{self.dir}/bot.db"
+        self.filler = self.dir / "filler"
+
+    def break_(self, how: str) -> None:
+        assert how == "full"
+        with self.filler.open("wb") as out:
+            try:
+                while True:
+                    out.write(b"\0" * 65536)
+                    out.flush()
+            except OSError as error:
+                assert error.errno == errno.ENOSPC
+
+    def repair(self, how: str) -> None:
+        self.filler.unlink()
+
+    def close(self) -> None:
+        subprocess.run(["umount", "-l", str(self.dir)], check=False)
+
+
+class PostgresDatabase:
+    """A fresh PostgreSQL database whose transactions can be made read-only, or whose own
+    tablespace (on a small tmpfs) can be filled."""
+
+    def __init__(self, root: Path, how: str) -> None:
+        require_postgres()
+        self.admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+        self.name = f"finetune_test_{uuid.uuid4().hex[:10]}"
+        self.space: str | None = None
+        self.fs: SqliteOnTmpfs | None = None
+        location = ""
+        try:
+            if how == "full":
+                # The server must reach the directory: not under pytest's private (0700) tmp dirs.
+                self.fs = SqliteOnTmpfs(Path(tempfile.mkdtemp(prefix="finetune-pgts-", dir="/tmp")))
+                self.fs.dir.parent.chmod(0o755)
+                subprocess.run(["mount", "-o", "remount,size=48m", str(self.fs.dir)], check=True)
+                shutil.chown(self.fs.dir, "postgres", "postgres")
+                self.space = f"ts_{self.name}"
+                self._sql(f"CREATE TABLESPACE {self.space} LOCATION '{self.fs.dir}'")
+                location = f" TABLESPACE {self.space}"
+            self._sql(f'CREATE DATABASE "{self.name}"{location}')
+        except BaseException:
+            self.close()
+            raise
+        self.url = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql+psycopg://", "postgresql://")
+        self.url += f"/{self.name}"
+
+    def _sql(self, statement: str) -> None:
+        with self.admin.connect() as conn:
+            conn.execute(sa.text(statement))
+
+    def _drop_connections(self) -> None:
+        self._sql(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            f"WHERE datname = '{self.name}' AND pid <> pg_backend_pid()"
+        )
+
+    def break_(self, how: str) -> None:
+        if how == "read-only":
+            # New sessions only write in read-only transactions; cut the existing ones.
+            self._sql(f'ALTER DATABASE "{self.name}" SET default_transaction_read_only = on')
+            self._drop_connections()
+            return
+        assert self.fs is not None
+        filler = self.fs.dir / "filler"
+        with filler.open("wb") as out, contextlib.suppress(OSError):
+            while True:
+                out.write(b"\0" * 65536)
+                out.flush()
+
+    def repair(self, how: str) -> None:
+        if how == "read-only":
+            self._sql(f'ALTER DATABASE "{self.name}" RESET default_transaction_read_only')
+            self._drop_connections()
+        else:
+            assert self.fs is not None
+            (self.fs.dir / "filler").unlink()
+
+    def close(self) -> None:
+        self._sql(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+        if self.space:
+            self._sql(f"DROP TABLESPACE IF EXISTS {self.space}")
+        if self.fs is not None:
+            self.fs.close()
+            shutil.rmtree(self.fs.dir.parent, ignore_errors=True)
+        self.admin.dispose()
+
+
+@contextlib.contextmanager
+def failing_database(kind: str, how: str, root: Path) -> Iterator[SqliteOnTmpfs | PostgresDatabase]:
+    db: SqliteOnTmpfs | PostgresDatabase
+    db = SqliteOnTmpfs(root) if kind == "sqlite" else PostgresDatabase(root, how)
+    try:
+        yield db
+    finally:
+        db.close()
+
+
+# SQLite cannot be made read-only honestly while the bot holds it open for writing: remounting
+# its filesystem read-only fails (EBUSY) and root ignores file permissions. A full disk it gets.
+CASES = [("sqlite", "full"), ("postgresql", "read-only"), ("postgresql", "full")]
+
+
+@pytest.mark.parametrize(("kind", "how"), CASES, ids=[f"{k}-{h}" for k, h in CASES])
+def test_database_failing_before_create_starts_nothing(
+    fake_openai: FakeOpenAI, fake_slack: FakeSlack, tmp_path: Path, kind: str, how: str
+) -> None:
+    with failing_database(kind, how, tmp_path) as db:
+        bot = start_bot(fake_openai, fake_slack, tmp_path, DATABASE_URL=db.url, POLL_INTERVAL_SECONDS="1")
+        h = Harness(bot, fake_openai, fake_slack)
+        try:
+            db.break_(how)
+            _, key = h.command("create file-abc123", channel_id=CHANNEL)
+            text = all_text(h.reply(key, timeout=20))
+            assert "Nothing was started" in text and "database" in text, text
+            assert creates(fake_openai) == [] and fake_openai.jobs == {}
+            assert fake_slack.messages == []
+            # Once the database is back, the same command works.
+            db.repair(how)
+            h.command("create file-abc123", channel_id=CHANNEL)
+            fake_slack.wait_for(lambda s: s.messages_in(CHANNEL), timeout=20)
+            assert len(fake_openai.jobs) == 1
+        finally:
+            assert bot.stop() == 0, bot.logs
+
+
+@pytest.mark.parametrize(("kind", "how"), CASES, ids=[f"{k}-{h}" for k, h in CASES])
+def test_database_failing_while_openai_creates_still_gives_the_job_id(
+    fake_openai: FakeOpenAI, fake_slack: FakeSlack, tmp_path: Path, kind: str, how: str
+) -> None:
+    with failing_database(kind, how, tmp_path) as db:
+        bot = start_bot(fake_openai, fake_slack, tmp_path, DATABASE_URL=db.url, POLL_INTERVAL_SECONDS="1")
+        h = Harness(bot, fake_openai, fake_slack)
+        try:
+            fake_openai.latency = 1.5  # the database fails while OpenAI is creating the job
+            _, key = h.command("create file-abc123", channel_id=CHANNEL)
+            fake_openai.wait_for(lambda f: f.requests_to(r"/fine_tuning/jobs", "POST"), timeout=10)
+            db.break_(how)
+            text = all_text(h.reply(key, timeout=20))
+            fake_openai.latency = 0.0
+            [job_id] = fake_openai.jobs
+            assert job_id in text and "don't run `create` again" in text, text
+            assert f"/finetune get {job_id}" in text
+            assert fake_slack.messages_in(CHANNEL) == []
+            # The database comes back: the job is written down, watched and announced, once.
+            db.repair(how)
+            fake_slack.wait_for(lambda s: announcements(h, job_id), timeout=20)
+            fake_openai.set_status(job_id, "succeeded")
+            fake_slack.wait_for(lambda s: outcomes(h, job_id), timeout=20)
+            assert len(announcements(h, job_id)) == 1 and len(fake_openai.jobs) == 1
+        finally:
+            assert bot.stop() == 0, bot.logs
+
+
+# --------------------------------------------------------------------------------- migration
+
+
+def _version_1_database(url: str) -> None:
+    """The schema as version 1 of the bot left it: everything but the pending creates."""
+    engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+    with engine.begin() as conn:
+        tables = [t for t in metadata.sorted_tables if t is not pending_creates]
+        metadata.create_all(conn, tables=tables)
+        conn.execute(schema_info.insert().values(id=1, version=1))
+    engine.dispose()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_a_version_1_database_is_upgraded_in_place(tmp_path: Path, kind: str) -> None:
+    with contextlib.ExitStack() as stack:
+        if kind == "sqlite":
+            url = f"sqlite:///{tmp_path}/v1.db"
+        else:
+            url = stack.enter_context(fresh_postgres_database())
+        _version_1_database(url)
+        store = Store.from_url(url)
+        stack.callback(store.close)
+        with store.engine.connect() as conn:
+            assert conn.execute(sa.select(schema_info.c.version)).scalar() == SCHEMA_VERSION == 2
+            assert sa.inspect(conn).has_table("finetune_pending_creates")
+        row, fresh = store.begin_create(
+            trigger_id="t.1",
+            team_id="T1",
+            channel_id="C1",
+            user_id="U1",
+            response_url=None,
+            params={"model": "m"},
+            owner="me",
+        )
+        assert fresh and row.state == "pending"
+        again = store.begin_create(
+            trigger_id="t.1", team_id="T", channel_id="C", user_id="U", response_url=None, params={}, owner=""
+        )
+        assert again == (row, False)
+
