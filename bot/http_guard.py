@@ -198,7 +198,10 @@ class GuardedH11Protocol(H11Protocol):
         super().connection_lost(exc)
 
     def waiting_for_headers(self) -> bool:
-        return self.conn.their_state is h11.IDLE and not self.transport.is_closing()
+        """Waiting for a request's headers, or already answered while the client still sends a
+        body nobody reads (a 404 with a trickled body would otherwise hold the connection)."""
+        idle = self.conn.their_state is h11.IDLE or self.conn.our_state in (h11.DONE, h11.MUST_CLOSE)
+        return idle and not self.transport.is_closing()
 
     def _watch_headers(self) -> None:
         if not self.waiting_for_headers():

@@ -285,6 +285,23 @@ def test_a_half_sent_request_line_is_closed_after_the_header_timeout(h: Harness)
         assert time.monotonic() - started >= http_guard.HEADER_TIMEOUT - 2
 
 
+def test_a_body_trickled_after_the_answer_does_not_hold_the_connection(h: Harness) -> None:
+    with socket.create_connection(("127.0.0.1", h.bot.port), timeout=10) as sock:
+        sock.sendall(b"POST /nowhere HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000000\r\n\r\n")
+        assert read_status(sock) == 404
+        started = time.monotonic()
+        closed = False
+        # One byte every 0.5 s would reset uvicorn's keep-alive timer forever.
+        while not closed and time.monotonic() - started < http_guard.HEADER_TIMEOUT + 20:
+            try:
+                sock.sendall(b"x")
+                if select.select([sock], [], [], 0.5)[0]:
+                    closed = sock.recv(1) == b""
+            except OSError:
+                closed = True
+        assert closed
+
+
 # -- unit tests of the pure parts
 
 
