@@ -1,5 +1,15 @@
-"""Logging set-up with a last line of defence: every configured secret is masked in every record,
-whoever logged it (our code, Bolt, slack_sdk, httpx), before it reaches a handler.
+"""Logging set-up with last lines of defence, applied to every record whoever logged it (our code,
+Bolt, slack_sdk, httpx, asyncio, uvicorn) before it reaches the handler:
+
+- every configured secret is masked;
+- Bolt's and slack_sdk's records below WARNING are dropped: at INFO and DEBUG they dump request
+  bodies ("Invalid request signature detected (… body: …)", "request body: …"), message payloads
+  and `response_url`s, which are attacker-controlled or capabilities;
+- every message is one line (control characters escaped) of bounded length, so no request can
+  forge log lines or write megabytes of log;
+- a message repeated more than `RateLimit.burst` times in `RateLimit.window` seconds is suppressed,
+  and the next one let through says how many were (an accept-error storm at the open-file limit,
+  a flood of forged requests).
 
 The same masking guards what goes to Slack: `configure_logging` also installs the secrets for
 `redact` / `redact_value`, which every message passes through on its way out (`render.Reply`),
@@ -10,7 +20,8 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 REDACTED = "[redacted]"
@@ -79,12 +90,89 @@ class RedactSecrets(logging.Filter):
         return True
 
 
+# Loggers whose records below WARNING may carry request bodies, payloads or response_urls. Bolt's
+# own loggers are named after the app's logger (bot.slack, from slack_app.py) or slack_bolt.*.
+CHATTY_LIBRARIES = ("slack_bolt", "slack_sdk", "bot.slack")
+MAX_MESSAGE = 2000
+
+
+class QuietLibraries(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            return True
+        return not any(
+            record.name == name or record.name.startswith((f"{name}.", f"{name}:"))
+            for name in CHATTY_LIBRARIES
+        )
+
+
+def one_line(text: str, limit: int = MAX_MESSAGE) -> str:
+    """`text` with control characters escaped (no forged lines) and cut to `limit` characters."""
+    if text.isprintable() and len(text) <= limit:
+        return text
+    cut = text[:limit]
+    escaped = "".join(c if c.isprintable() else repr(c)[1:-1] for c in cut)
+    return escaped + (f"… [{len(text) - limit} more characters]" if len(text) > limit else "")
+
+
+class OneLine(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = one_line(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        if record.exc_text and len(record.exc_text) > 10 * MAX_MESSAGE:
+            record.exc_text = record.exc_text[: 10 * MAX_MESSAGE] + "… [traceback cut]"
+        return True
+
+
+class RateLimit(logging.Filter):
+    """At most `burst` identical messages (same logger, level and first 200 characters) per
+    `window` seconds; the first one let through afterwards says how many were suppressed."""
+
+    def __init__(
+        self, burst: int = 10, window: float = 10.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        super().__init__()
+        self.burst, self.window, self._clock = burst, window, clock
+        # key -> [window start, lines let through in it, lines suppressed since the last report]
+        self._seen: dict[tuple[str, int, str], list[float]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = self._clock()
+        key = (record.name, record.levelno, record.getMessage()[:200])
+        state = self._seen.get(key)
+        if state is None or now - state[0] >= self.window:
+            suppressed = int(state[2]) if state else 0
+            self._forget_old(now)
+            self._seen[key] = [now, 1, 0]
+            if suppressed:
+                record.msg = f"{record.getMessage()} [{suppressed} similar lines suppressed]"
+                record.args = None
+            return True
+        if state[1] < self.burst:
+            state[1] += 1
+            return True
+        state[2] += 1
+        return False
+
+    def _forget_old(self, now: float) -> None:
+        # Bounded memory however many distinct messages there are; a forgotten key only loses
+        # its "suppressed" count, never a line.
+        if len(self._seen) > 1000:
+            self._seen = {k: v for k, v in self._seen.items() if now - v[0] < self.window}
+
+
 def configure_logging(level: str, secrets: Iterable[str]) -> None:
     secrets = list(secrets)
     install_secrets(secrets)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    # Order matters: secrets are masked before a message is cut, so no part of one survives.
+    handler.addFilter(QuietLibraries())
     handler.addFilter(RedactSecrets(secrets))
+    handler.addFilter(OneLine())
+    handler.addFilter(RateLimit())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -22,7 +22,7 @@ from standardwebhooks.webhooks import Webhook
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from bot import ids
+from bot import http_guard, ids
 from bot.openai_client import FineTuningClient, OpenAIError
 from bot.poller import Poller
 from bot.store import Store
@@ -56,9 +56,13 @@ class WebhookReceiver:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def handle(self, request: Request) -> Response:
-        body = await request.body()
-        if len(body) > MAX_BODY:
-            return JSONResponse({"error": "payload too large"}, status_code=413)
+        try:
+            # Capped while it streams (a declared length over the cap is refused unread): OpenAI's
+            # events are a few hundred bytes.
+            body = await http_guard.read_body(request, limit=MAX_BODY)
+        except http_guard.Refused as refused:
+            log.info("refused a request to /openai/webhook: %d %s", refused.status, refused.error)
+            return refused.response()
         event = verify(self._secret, body, dict(request.headers))
         if event is None:
             log.warning("rejected an OpenAI webhook with a bad signature or timestamp")
