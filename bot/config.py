@@ -166,9 +166,11 @@ def load_settings(env: Mapping[str, str]) -> Settings | list[str]:
     admins = id_list("FINETUNE_ADMINS", r"[UW][A-Z0-9]{2,20}", "U012AB3CD,U045EF6GH")
     allowed_channels = id_list("FINETUNE_ALLOWED_CHANNELS", r"[CGD][A-Z0-9]{2,20}", "C012AB3CD,G045EF6GH")
 
-    log_level = (text("LOG_LEVEL") or "INFO").upper()
+    typed_level = text("LOG_LEVEL") or "INFO"
+    log_level = typed_level.upper()
     if log_level not in logging.getLevelNamesMapping():
-        problems.append(f"LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, got {log_level!r}")
+        # Echo what the operator typed, not our upper-cased copy of it.
+        problems.append(f"LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, got {typed_level!r}")
 
     settings = Settings(
         slack_bot_token=bot_token,

@@ -1,7 +1,8 @@
 """The one asyncio process: uvicorn serving Starlette, with Bolt, OpenAI and the scheduler inside.
 
-HTTP mode serves `POST /slack/events`; Socket Mode connects out to Slack instead. Both serve
-`GET /healthz` on PORT, so a platform's health check works the same in either mode.
+HTTP mode serves `POST /slack/events`; Socket Mode connects out to Slack instead (in the
+background: `/healthz` answers while it connects). Both serve `GET /healthz` on PORT, so a
+platform's health check works the same in either mode.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import errno
 import gc
 import logging
 import os
@@ -19,7 +21,6 @@ from typing import Any
 
 import uvicorn
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.adapter.starlette.async_handler import AsyncSlackRequestHandler
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -33,14 +34,19 @@ from bot.notifier import Notifier
 from bot.openai_client import FineTuningClient, build_http_client
 from bot.poller import Poller
 from bot.runner import CommandRunner
-from bot.slack_app import build_app, build_slack_client
+from bot.slack_app import BotIdentity, build_app, build_slack_client
+from bot.socket_mode import SocketModeConnection
 from bot.store import Store
 from bot.webhooks import WebhookReceiver
 
 log = logging.getLogger(__name__)
 
 
-def build_asgi(settings: Settings) -> Starlette:
+class ListenProblem(Exception):
+    """The port cannot be listened on; its str is one line naming the variable to change."""
+
+
+def build_asgi(settings: Settings, identity: BotIdentity | None = None) -> Starlette:
     http = build_http_client(
         max_connections=settings.openai_max_connections, timeout=settings.openai_timeout_seconds
     )
@@ -53,7 +59,7 @@ def build_asgi(settings: Settings) -> Starlette:
         max_concurrency=settings.openai_max_connections,
     )
     slack_client = build_slack_client(settings)
-    app = build_app(settings, slack_client)
+    app = build_app(settings, slack_client, identity)
     # Opening the database (and creating or upgrading its schema) happens before Slack traffic
     # is accepted, so a bad DATABASE_URL stops the service at start, not at the first command.
     store = Store.from_url(settings.database_url)
@@ -111,29 +117,38 @@ def build_asgi(settings: Settings) -> Starlette:
             return JSONResponse({"error": "invalid request"}, status_code=401)
         return await slack_handler.handle(request)
 
+    def announce_ready() -> None:
+        mode = "socket" if settings.socket_mode else "http"
+        log.info("finetune-bot ready on port %d (%s mode)", settings.port, mode)
+
+    socket_mode = (
+        SocketModeConnection(app, settings.slack_app_token, on_connected=announce_ready)
+        if settings.slack_app_token
+        else None
+    )
+
     async def healthz(_: Request) -> Response:
-        return JSONResponse({"ok": True, "mode": "socket" if settings.socket_mode else "http"})
+        if socket_mode is None:
+            return JSONResponse({"ok": True, "mode": "http"})
+        # Still 200 while the socket is down: the process is alive and retrying on its own.
+        return JSONResponse({"ok": True, "mode": "socket", "slack_connected": socket_mode.connected})
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        socket_handler: AsyncSocketModeHandler | None = None
         scheduler.start()
         try:
-            if settings.socket_mode:
-                socket_handler = AsyncSocketModeHandler(app, settings.slack_app_token)
-                await socket_handler.connect_async()
-                log.info("connected to Slack in Socket Mode")
             # Everything built at start-up lives as long as the process: keep it out of the
             # collector's full passes, whose pauses otherwise show up as acknowledgement latency.
             gc.freeze()
             log.info(
                 "polling every %gs%s", interval, " (reconciliation; webhooks enabled)" if receiver else ""
             )
-            log.info(
-                "finetune-bot ready on port %d (%s mode)",
-                settings.port,
-                "socket" if settings.socket_mode else "http",
-            )
+            if socket_mode is None:
+                announce_ready()
+            else:
+                # "ready" is logged once the socket is up; meanwhile /healthz already answers.
+                log.info("serving /healthz on port %d; connecting to Slack in Socket Mode", settings.port)
+                socket_mode.start()
             yield
         finally:
             # Stop starting new work, then let what was promised finish (bounded: a platform
@@ -145,8 +160,8 @@ def build_asgi(settings: Settings) -> Starlette:
                 log.warning("stopping with notifications queued; the outbox keeps them for the next start")
             if receiver is not None:
                 await receiver.drain()
-            if socket_handler is not None:
-                await socket_handler.close_async()
+            if socket_mode is not None:
+                await socket_mode.close()
             scheduler.shutdown(wait=False)
             await http.aclose()
             await asyncio.to_thread(store.close)
@@ -179,9 +194,40 @@ class _Server(uvicorn.Server):
         self._captured_signals.clear()
 
 
-def serve(settings: Settings) -> None:
+def listen(host: str, port: int) -> socket.socket:
+    """Bind the listening socket before anything else starts, so a port in use is reported as
+    such (one line naming PORT) before the bot opens its database or says it is ready."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as error:
+        raise ListenProblem(f"HOST {host!r} is not an address to listen on ({error.strerror})") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as error:
+        sock.close()
+        if error.errno == errno.EADDRINUSE:
+            raise ListenProblem(
+                f"PORT {port} is already in use on {host}: stop what listens there, "
+                "or set PORT to a free port"
+            ) from None
+        if error.errno == errno.EACCES:
+            raise ListenProblem(
+                f"PORT {port} needs privileges this process lacks: set PORT to 1024 or above"
+            ) from None
+        raise ListenProblem(f"cannot listen on HOST {host} PORT {port} ({error.strerror})") from None
+    return sock
+
+
+def serve(settings: Settings, identity: BotIdentity | None = None) -> None:
+    """Raises ListenProblem before starting anything when PORT cannot be listened on."""
+    sock = listen(settings.host, settings.port)
     config = uvicorn.Config(
-        build_asgi(settings),
+        build_asgi(settings, identity),
         host=settings.host,
         port=settings.port,
         log_config=None,  # keep our handlers (and their secret redaction)
@@ -189,4 +235,4 @@ def serve(settings: Settings) -> None:
         lifespan="on",
         timeout_graceful_shutdown=3,
     )
-    _Server(config).run()
+    _Server(config).run(sockets=[sock])
