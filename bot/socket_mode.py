@@ -98,7 +98,9 @@ class SocketModeConnection:
                 if reason in APP_TOKEN_REFUSED:
                     log.error("%s; retrying in %gs", app_token_refused(reason), delay)
                 else:
-                    log.warning("Slack refused a Socket Mode connection (%s); retrying in %gs", reason, delay)
+                    log.warning(
+                        "Slack did not open a Socket Mode connection (%s); retrying in %gs", reason, delay
+                    )
             except Exception as error:
                 log.warning(
                     "cannot reach Slack for Socket Mode (attempt %d, %s); retrying in %gs",
