@@ -39,7 +39,8 @@ class Unreachable(Exception):
 
 
 def _slack_client(settings: Settings, token: str | None) -> AsyncWebClient:
-    return AsyncWebClient(token=token, base_url=settings.slack_api_url, timeout=10)
+    # No retries: a check reports what it found, once (slack_sdk logs a line per retry).
+    return AsyncWebClient(token=token, base_url=settings.slack_api_url, timeout=10, retry_handlers=[])
 
 
 async def verify_bot_token(settings: Settings) -> BotIdentity:

@@ -122,7 +122,9 @@ def build_asgi(settings: Settings, identity: BotIdentity | None = None) -> Starl
         log.info("finetune-bot ready on port %d (%s mode)", settings.port, mode)
 
     socket_mode = (
-        SocketModeConnection(app, settings.slack_app_token, on_connected=announce_ready)
+        SocketModeConnection(
+            app, settings.slack_app_token, api_url=settings.slack_api_url, on_connected=announce_ready
+        )
         if settings.slack_app_token
         else None
     )

@@ -17,6 +17,8 @@ from typing import Any
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp
 from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
+from slack_sdk.web.async_client import AsyncWebClient
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,7 @@ class SocketModeConnection:
         app: AsyncApp,
         app_token: str,
         *,
+        api_url: str,
         on_connected: Callable[[], None] = lambda: None,
         first_delay: float = 1.0,
         max_delay: float = 60.0,
@@ -61,6 +64,11 @@ class SocketModeConnection:
     ) -> None:
         self._app = app
         self._app_token = app_token
+        # Asks for socket URLs without slack_sdk's own connection retries (each logs a line):
+        # this loop is the retry, with one line per attempt.
+        self._opener = AsyncWebClient(
+            base_url=api_url, timeout=10, retry_handlers=[AsyncRateLimitErrorRetryHandler(max_retry_count=2)]
+        )
         self._on_connected = on_connected
         self._first_delay = first_delay
         self._max_delay = max_delay
@@ -92,7 +100,7 @@ class SocketModeConnection:
         while True:
             attempt += 1
             try:
-                url = await self._open(handler)
+                url = await self._open()
             except SlackApiError as error:
                 reason = str(error.response.get("error"))
                 if reason in APP_TOKEN_REFUSED:
@@ -118,6 +126,6 @@ class SocketModeConnection:
             await self._sleep(delay)
             delay = min(delay * 2, self._max_delay)
 
-    async def _open(self, handler: AsyncSocketModeHandler) -> str:
-        response = await handler.client.web_client.apps_connections_open(app_token=self._app_token)
+    async def _open(self) -> str:
+        response = await self._opener.apps_connections_open(app_token=self._app_token)
         return str(response["url"])

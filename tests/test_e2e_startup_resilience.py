@@ -129,8 +129,8 @@ def test_socket_mode_with_slack_unreachable_serves_healthz_retries_quietly_and_s
 
 def test_socket_mode_connects_once_slack_answers_and_only_then_says_ready(tmp_path: Path) -> None:
     with FakeOpenAI() as openai, FakeSlack() as slack:
-        # Slack failing for a while: start-up's check and the first background attempt(s) fail.
-        slack.fail_next("apps.connections.open", status=503, times=4)
+        # Slack failing for a while: start-up's check and the first background attempt fail.
+        slack.fail_next("apps.connections.open", status=503, times=2)
         bot = BotProcess(socket_env(slack.api_url, openai), tmp_path).start()
         try:
             slack.wait_connected(timeout=20)
