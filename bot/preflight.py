@@ -126,12 +126,16 @@ def verify_database(settings: Settings) -> str:
 async def _check_all(settings: Settings) -> tuple[list[str], list[str]]:
     passed: list[str] = []
     problems: list[str] = []
+    slack_reachable = True
     try:
         identity = await verify_bot_token(settings)
         passed.append(f"SLACK_BOT_TOKEN: bot user {identity.user_id} in workspace {identity.team}")
-    except (Refused, Unreachable) as problem:
+    except Refused as problem:
         problems.append(str(problem))
-    if settings.socket_mode:
+    except Unreachable as problem:
+        problems.append(str(problem))
+        slack_reachable = False  # the app token check would only repeat the same line
+    if settings.socket_mode and slack_reachable:
         try:
             await verify_app_token(settings)
             passed.append("SLACK_APP_TOKEN: Socket Mode connections allowed")

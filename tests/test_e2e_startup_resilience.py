@@ -22,7 +22,6 @@ from tests.bot_process import (
     BOT_TOKEN,
     OPENAI_KEY,
     REPO,
-    SIGNING_SECRET,
     BotProcess,
     free_port,
     run_bot_once,
@@ -253,7 +252,7 @@ def test_check_exits_2_with_one_line_per_problem(tmp_path: Path) -> None:
 def test_check_names_the_url_when_nothing_answers(tmp_path: Path) -> None:
     env = {
         "SLACK_BOT_TOKEN": BOT_TOKEN,
-        "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+        "SLACK_APP_TOKEN": APP_TOKEN,  # Slack unreachable is one line, not one per token
         "SLACK_API_URL": dead_slack_url(),
         "OPENAI_API_KEY": OPENAI_KEY,
         "OPENAI_BASE_URL": f"http://127.0.0.1:{free_port()}/v1",
