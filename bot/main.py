@@ -12,7 +12,7 @@ from dotenv import load_dotenv
 
 from bot.config import Settings, load_settings
 from bot.logs import configure_logging
-from bot.preflight import Refused, Unreachable, run_check, verify_app_token, verify_bot_token
+from bot.preflight import Refused, run_check, verify_app_token, verify_bot_token
 from bot.slack_app import BotIdentity
 
 log = logging.getLogger("bot")
@@ -63,22 +63,20 @@ def refuse(problems: list[str]) -> int:
 
 async def check_slack(settings: Settings) -> tuple[BotIdentity | None, str | None]:
     """A refused token is a configuration error worth stopping for; an unreachable Slack is
-    not (HTTP mode works from what it knows, Socket Mode keeps connecting in the background)."""
-    identity: BotIdentity | None = None
-    try:
-        identity = await verify_bot_token(settings)
+    not (HTTP mode works from what it knows, Socket Mode keeps connecting in the background).
+    Both tokens are checked at once, so a Slack that does not answer delays start-up only once."""
+    app_check = verify_app_token(settings) if settings.socket_mode else asyncio.sleep(0)
+    identity, app = await asyncio.gather(verify_bot_token(settings), app_check, return_exceptions=True)
+    for outcome in (identity, app):
+        if isinstance(outcome, Refused):
+            return None, str(outcome)
+    if isinstance(identity, BaseException):
+        log.warning("%s; starting anyway", identity)
+        identity = None
+    else:
         log.info("Slack bot user %s in workspace %s", identity.user_id, identity.team)
-    except Refused as problem:
-        return None, str(problem)
-    except Unreachable as problem:
-        log.warning("%s; starting anyway", problem)
-    if settings.socket_mode:
-        try:
-            await verify_app_token(settings)
-        except Refused as problem:
-            return None, str(problem)
-        except Unreachable as problem:
-            log.warning("%s; connecting in the background", problem)
+    if isinstance(app, BaseException):
+        log.warning("%s; connecting in the background", app)
     return identity, None
 
 
