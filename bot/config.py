@@ -203,9 +203,11 @@ def load_settings(env: Mapping[str, str]) -> Settings | list[str]:
             f"(jobs started in the channel asking), got {raw_access[:40]!r}"
         )
 
-    log_level = (text("LOG_LEVEL") or "INFO").upper()
+    typed_level = text("LOG_LEVEL") or "INFO"
+    log_level = typed_level.upper()
     if log_level not in logging.getLevelNamesMapping():
-        problems.append(f"LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, got {log_level!r}")
+        # Echo what the operator typed, not our upper-cased copy of it.
+        problems.append(f"LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, got {typed_level!r}")
 
     settings = Settings(
         slack_bot_token=bot_token,

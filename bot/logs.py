@@ -179,3 +179,6 @@ def configure_logging(level: str, secrets: Iterable[str]) -> None:
     # httpx logs every request at INFO; that is noise at our default level.
     logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))
     logging.getLogger("httpcore").setLevel(max(logging.WARNING, root.level))
+    # APScheduler logs two INFO lines per poll cycle ("Running job…", "executed successfully"):
+    # newcomers read them as problems. Shown only when LOG_LEVEL=DEBUG.
+    logging.getLogger("apscheduler").setLevel(logging.WARNING if root.level > logging.DEBUG else root.level)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 import os
@@ -11,13 +12,47 @@ from dotenv import load_dotenv
 
 from bot.config import Settings, load_settings
 from bot.logs import configure_logging
+from bot.preflight import Refused, run_check, verify_app_token, verify_bot_token
+from bot.slack_app import BotIdentity
 
 log = logging.getLogger("bot")
 
-# Slack's answers that mean the token itself is wrong (not that Slack is having a bad minute).
-_TOKEN_REFUSED = frozenset(
-    {"invalid_auth", "not_authed", "account_inactive", "token_revoked", "token_expired"}
-)
+USAGE = """\
+Configuration comes from the environment, or from a .env file in the working directory (the
+environment wins). Required: SLACK_BOT_TOKEN (xoxb-…), OPENAI_API_KEY, and either SLACK_APP_TOKEN
+or SLACK_SIGNING_SECRET, which choose the mode:
+
+  Socket Mode  SLACK_APP_TOKEN=xapp-… (scope connections:write). The bot connects out to Slack;
+               no public URL is needed. GET /healthz is served on PORT at once, while it connects.
+  HTTP mode    SLACK_SIGNING_SECRET=… (and no SLACK_APP_TOKEN). Slack sends commands to
+               POST /slack/events on PORT, which needs a public https URL.
+
+Optional: SLACK_API_URL, OPENAI_BASE_URL, OPENAI_ORGANIZATION, OPENAI_PROJECT, DEFAULT_MODEL,
+DATABASE_URL (default sqlite:///finetune-bot.db; postgresql://… for replicas),
+DATABASE_WAIT_SECONDS (30), POLL_INTERVAL_SECONDS (30), POLL_CONCURRENCY (8),
+OPENAI_WEBHOOK_SECRET, RECONCILE_INTERVAL_SECONDS (300), PORT (3000), HOST (0.0.0.0),
+LOG_LEVEL (INFO), OPENAI_TIMEOUT_SECONDS (15), OPENAI_MAX_CONNECTIONS (20),
+SHUTDOWN_GRACE_SECONDS (25), FINETUNE_ADMINS, FINETUNE_ALLOWED_CHANNELS,
+FINETUNE_READ_ACCESS (channel). README.md explains each.
+
+Exit codes: 0 stopped normally (SIGTERM/SIGINT) or --check passed; 2 configuration problem,
+one line per problem naming the variable."""
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bot",
+        description="finetune-bot: start, inspect and cancel OpenAI fine-tuning jobs from Slack.",
+        epilog=USAGE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="check the configuration, the Slack tokens, OpenAI and the database, then exit "
+        "(0 all good, 2 with one line per problem) without serving",
+    )
+    return parser.parse_args(argv)
 
 
 def refuse(problems: list[str]) -> int:
@@ -27,45 +62,54 @@ def refuse(problems: list[str]) -> int:
     return 2
 
 
-async def check_slack_token(settings: Settings) -> str | None:
-    """A refused bot token is a configuration error worth stopping for; an unreachable Slack is
-    not (the bot retries as it runs)."""
-    from slack_sdk.errors import SlackApiError
-    from slack_sdk.web.async_client import AsyncWebClient
-
-    client = AsyncWebClient(token=settings.slack_bot_token, base_url=settings.slack_api_url, timeout=10)
-    try:
-        identity = await client.auth_test()
-    except SlackApiError as error:
-        reason = str(error.response.get("error"))
-        if reason in _TOKEN_REFUSED:
-            return f"SLACK_BOT_TOKEN was refused by Slack ({reason}): copy the Bot User OAuth Token again"
-        log.warning("Slack auth.test failed (%s); starting anyway", reason)
-        return None
-    except Exception as error:
-        log.warning("could not reach Slack to check the token (%s); starting anyway", type(error).__name__)
-        return None
-    log.info("Slack bot user %s in workspace %s", identity.get("user_id"), identity.get("team"))
-    return None
+async def check_slack(settings: Settings) -> tuple[BotIdentity | None, str | None]:
+    """A refused token is a configuration error worth stopping for; an unreachable Slack is
+    not (HTTP mode works from what it knows, Socket Mode keeps connecting in the background).
+    Both tokens are checked at once, so a Slack that does not answer delays start-up only once."""
+    app_check = verify_app_token(settings) if settings.socket_mode else asyncio.sleep(0)
+    identity, app = await asyncio.gather(verify_bot_token(settings), app_check, return_exceptions=True)
+    for outcome in (identity, app):
+        if isinstance(outcome, Refused):
+            return None, str(outcome)
+    if isinstance(identity, BaseException):
+        log.warning("%s; starting anyway", identity)
+        identity = None
+    else:
+        log.info("Slack bot user %s in workspace %s", identity.user_id, identity.team)
+    if isinstance(app, BaseException):
+        log.warning("%s; connecting in the background", app)
+    return identity, None
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
     # A .env in the working directory fills in what the environment does not set.
     load_dotenv(os.path.join(os.getcwd(), ".env"), override=False)
     settings = load_settings(os.environ)
     if isinstance(settings, list):
         return refuse(settings)
     configure_logging(settings.log_level, settings.secrets())
-    problem = asyncio.run(check_slack_token(settings))
-    if problem:
-        return refuse([problem])
+    if args.check:
+        return run_check(settings)
+    # From here the settings are the one source of configuration: Bolt would otherwise read
+    # SLACK_BOT_TOKEN from the environment by itself, and warn that one token goes unused.
+    os.environ.pop("SLACK_BOT_TOKEN", None)
     from bot.database import DatabaseProblem, open_database
+    from bot.server import ListenProblem, listen, serve  # heavy imports once the settings are good
 
+    # The port first: a port in use is reported before the bot talks to Slack or waits for its
+    # database, and nothing says "ready" on a port it does not hold.
     try:
-        store = open_database(settings.database_url, wait_seconds=settings.database_wait_seconds)
-    except DatabaseProblem as error:
-        return refuse([str(error)])
-    from bot.server import serve  # heavy imports only once the configuration is known good
-
-    serve(settings, store)
+        sock = listen(settings.host, settings.port)
+    except ListenProblem as problem:
+        return refuse([str(problem)])
+    with sock:
+        identity, problem = asyncio.run(check_slack(settings))
+        if problem:
+            return refuse([problem])
+        try:
+            store = open_database(settings.database_url, wait_seconds=settings.database_wait_seconds)
+        except DatabaseProblem as error:
+            return refuse([str(error)])
+        serve(settings, store, sock, identity)
     return 0

@@ -1,7 +1,8 @@
 """The one asyncio process: uvicorn serving Starlette, with Bolt, OpenAI and the scheduler inside.
 
-HTTP mode serves `POST /slack/events`; Socket Mode connects out to Slack instead. Both serve
-`GET /healthz` on PORT, so a platform's health check works the same in either mode.
+HTTP mode serves `POST /slack/events`; Socket Mode connects out to Slack instead (in the
+background: `/healthz` answers while it connects). Both serve `GET /healthz` on PORT, so a
+platform's health check works the same in either mode.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import errno
 import gc
 import logging
 import os
@@ -18,7 +20,6 @@ from typing import Any
 
 import uvicorn
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -33,16 +34,22 @@ from bot.openai_client import FineTuningClient, build_http_client
 from bot.pending import CreateReconciler
 from bot.poller import Poller
 from bot.runner import CommandRunner
-from bot.slack_app import build_app, build_slack_client
+from bot.slack_app import BotIdentity, build_app, build_slack_client
+from bot.socket_mode import SocketModeConnection
 from bot.store import Store
 from bot.webhooks import WebhookReceiver
 
 log = logging.getLogger(__name__)
 
 
-def build_asgi(settings: Settings, store: Store) -> Starlette:
+class ListenProblem(Exception):
+    """The port cannot be listened on; its str is one line naming the variable to change."""
+
+
+def build_asgi(settings: Settings, store: Store, identity: BotIdentity | None = None) -> Starlette:
     """`store` is open and migrated (bot.database.open_database), so a bad DATABASE_URL stopped
-    the service at start, with one clear line, before any Slack traffic was accepted."""
+    the service at start, with one clear line, before any Slack traffic was accepted. `identity`
+    is what auth.test said at start (None if Slack could not be reached)."""
     http = build_http_client(
         max_connections=settings.openai_max_connections, timeout=settings.openai_timeout_seconds
     )
@@ -55,7 +62,7 @@ def build_asgi(settings: Settings, store: Store) -> Starlette:
         max_concurrency=settings.openai_max_connections,
     )
     slack_client = build_slack_client(settings)
-    app = build_app(settings, slack_client)
+    app = build_app(settings, slack_client, identity)
     owner = f"{socket.gethostname()}:{settings.port}:{os.getpid()}"
     # A lease outlives several cycles, so a slow cycle never hands a watch to another replica.
     interval = settings.effective_poll_interval
@@ -127,29 +134,40 @@ def build_asgi(settings: Settings, store: Store) -> Starlette:
         else None
     )
 
+    def announce_ready() -> None:
+        mode = "socket" if settings.socket_mode else "http"
+        log.info("finetune-bot ready on port %d (%s mode)", settings.port, mode)
+
+    socket_mode = (
+        SocketModeConnection(
+            app, settings.slack_app_token, api_url=settings.slack_api_url, on_connected=announce_ready
+        )
+        if settings.slack_app_token
+        else None
+    )
+
     async def healthz(_: Request) -> Response:
-        return JSONResponse({"ok": True, "mode": "socket" if settings.socket_mode else "http"})
+        if socket_mode is None:
+            return JSONResponse({"ok": True, "mode": "http"})
+        # Still 200 while the socket is down: the process is alive and retrying on its own.
+        return JSONResponse({"ok": True, "mode": "socket", "slack_connected": socket_mode.connected})
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        socket_handler: AsyncSocketModeHandler | None = None
         scheduler.start()
         try:
-            if settings.socket_mode:
-                socket_handler = AsyncSocketModeHandler(app, settings.slack_app_token)
-                await socket_handler.connect_async()
-                log.info("connected to Slack in Socket Mode")
             # Everything built at start-up lives as long as the process: keep it out of the
             # collector's full passes, whose pauses otherwise show up as acknowledgement latency.
             gc.freeze()
             log.info(
                 "polling every %gs%s", interval, " (reconciliation; webhooks enabled)" if receiver else ""
             )
-            log.info(
-                "finetune-bot ready on port %d (%s mode)",
-                settings.port,
-                "socket" if settings.socket_mode else "http",
-            )
+            if socket_mode is None:
+                announce_ready()
+            else:
+                # "ready" is logged once the socket is up; meanwhile /healthz already answers.
+                log.info("serving /healthz on port %d; connecting to Slack in Socket Mode", settings.port)
+                socket_mode.start()
             yield
         finally:
             # Stop starting new work, then let what was promised finish (bounded: a platform
@@ -161,8 +179,8 @@ def build_asgi(settings: Settings, store: Store) -> Starlette:
                 log.warning("stopping with notifications queued; the outbox keeps them for the next start")
             if receiver is not None:
                 await receiver.drain()
-            if socket_handler is not None:
-                await socket_handler.close_async()
+            if socket_mode is not None:
+                await socket_mode.close()
             scheduler.shutdown(wait=False)
             await http.aclose()
             await asyncio.to_thread(store.close)
@@ -184,9 +202,41 @@ class _Server(uvicorn.Server):
         self._captured_signals.clear()
 
 
-def serve(settings: Settings, store: Store) -> None:
+def listen(host: str, port: int) -> socket.socket:
+    """Bind the listening socket before anything else starts, so a port in use is reported as
+    such (one line naming PORT) before the bot opens its database or says it is ready."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as error:
+        raise ListenProblem(f"HOST {host!r} is not an address to listen on ({error.strerror})") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as error:
+        sock.close()
+        if error.errno == errno.EADDRINUSE:
+            raise ListenProblem(
+                f"PORT {port} is already in use on {host}: stop what listens there, "
+                "or set PORT to a free port"
+            ) from None
+        if error.errno == errno.EACCES:
+            raise ListenProblem(
+                f"PORT {port} needs privileges this process lacks: set PORT to 1024 or above"
+            ) from None
+        raise ListenProblem(f"cannot listen on HOST {host} PORT {port} ({error.strerror})") from None
+    return sock
+
+
+def serve(
+    settings: Settings, store: Store, sock: socket.socket, identity: BotIdentity | None = None
+) -> None:
+    """Serve on `sock`, bound by `listen` before anything else started."""
     config = uvicorn.Config(
-        build_asgi(settings, store),
+        build_asgi(settings, store, identity),
         host=settings.host,
         port=settings.port,
         log_config=None,  # keep our handlers (and their secret redaction)
@@ -197,4 +247,4 @@ def serve(settings: Settings, store: Store) -> None:
         # the open-file limit (bot/http_guard.py): slow clients cannot starve /healthz.
         http=GuardedH11Protocol,
     )
-    _Server(config).run()
+    _Server(config).run(sockets=[sock])
