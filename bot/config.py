@@ -45,6 +45,9 @@ class Settings:
     allowed_channels: frozenset[str] = frozenset()
     openai_webhook_secret: str | None = field(default=None, repr=False)
     reconcile_interval_seconds: float = 300.0
+    # After SIGTERM: how long replies, poll cycles and notifications may still take. It covers
+    # OpenAI's retry budget (~20 s) and fits Heroku's 30 s before SIGKILL.
+    shutdown_grace_seconds: float = 25.0
 
     @property
     def socket_mode(self) -> bool:
@@ -192,5 +195,6 @@ def load_settings(env: Mapping[str, str]) -> Settings | list[str]:
         allowed_channels=allowed_channels,
         openai_webhook_secret=webhook_secret,
         reconcile_interval_seconds=number("RECONCILE_INTERVAL_SECONDS", 300.0, 1, 86_400),
+        shutdown_grace_seconds=number("SHUTDOWN_GRACE_SECONDS", 25.0, 0, 3600),
     )
     return problems or settings
