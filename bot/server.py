@@ -114,7 +114,9 @@ def build_asgi(settings: Settings) -> Starlette:
     if settings.webhooks_enabled and not single_process:
 
         async def keep_alive() -> None:
-            if not inflight.closing:
+            if inflight.closing:
+                return
+            async with polling.track():  # shutdown retires this replica only after it
                 await poller.keep_alive()
 
         scheduler.add_job(keep_alive, "interval", seconds=settings.poll_interval_seconds, id="keep_alive")

@@ -130,3 +130,17 @@ async def test_abandon_cancels_and_says_farewell_only_to_unfinished_work() -> No
     assert await inflight.abandon(timeout=2) == 1
     assert stuck.cancelled() and farewells == ["stuck"]
     assert await inflight.drain(timeout=0.1)
+
+
+async def test_keep_alive_between_reconciliation_passes_keeps_the_replica_and_its_leases(
+    store: Store,
+) -> None:
+    from bot.poller import Poller
+
+    add_watches(store, 2)
+    store.claim_watches("r1", ttl=5, live_replicas=1)
+    # keep_alive touches neither OpenAI nor Slack: the poller needs no clients for it.
+    poller = Poller(store, None, None, owner="r1", lease_ttl=600)  # type: ignore[arg-type]
+    await poller.keep_alive()
+    assert store.heartbeat("r2", ttl=60) == 2  # r1 counts as alive
+    assert all(expiry > time.time() + 100 for expiry in lease_expiries(store))
