@@ -189,8 +189,10 @@ def build_asgi(settings: Settings) -> Starlette:
         if not await polling.drain(remaining()):
             log.warning("stopping with a poll cycle unfinished; the next owner repeats it")
         # From here on other replicas may take over this replica's watches at their next cycle.
-        released = await asyncio.to_thread(store.retire, owner)
-        log.info("handed over %d watches", released)
+        try:
+            log.info("handed over %d watches", await asyncio.to_thread(store.retire, owner))
+        except Exception:  # the database is down: the leases simply expire, as after a crash
+            log.exception("could not hand this replica's watches over; their leases will expire")
         if not await inflight.drain(remaining()):
             abandoned = await inflight.abandon(FAREWELL_SECONDS)
             log.warning("told %d users their command could not finish before the restart", abandoned)
@@ -198,7 +200,10 @@ def build_asgi(settings: Settings) -> Starlette:
             await receiver.drain()
         if not await notifier.wait_idle(max(0.5, remaining())):
             log.warning("stopping with notifications queued; the outbox keeps them for the next start")
-        await asyncio.to_thread(store.release_outbox, owner)
+        try:
+            await asyncio.to_thread(store.release_outbox, owner)
+        except Exception:
+            log.exception("could not release this replica's notifications; their leases will expire")
 
     routes = [Route("/healthz", healthz, methods=["GET"])]
     if not settings.socket_mode:
