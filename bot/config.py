@@ -48,6 +48,9 @@ class Settings:
     reconcile_interval_seconds: float = 300.0
     database_wait_seconds: float = 30.0
     read_access: ReadAccess = DEFAULT_READ_ACCESS
+    # After SIGTERM: how long replies, poll cycles and notifications may still take. It covers
+    # OpenAI's retry budget (~20 s) and fits Heroku's 30 s before SIGKILL.
+    shutdown_grace_seconds: float = 25.0
 
     @property
     def socket_mode(self) -> bool:
@@ -233,5 +236,6 @@ def load_settings(env: Mapping[str, str]) -> Settings | list[str]:
         reconcile_interval_seconds=number("RECONCILE_INTERVAL_SECONDS", 300.0, 1, 86_400),
         database_wait_seconds=number("DATABASE_WAIT_SECONDS", 30.0, 0, 600),
         read_access=read_access,
+        shutdown_grace_seconds=number("SHUTDOWN_GRACE_SECONDS", 25.0, 0, 3600),
     )
     return problems or settings

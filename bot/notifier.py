@@ -69,7 +69,8 @@ class Notifier:
         """
         async with self._lock:  # the poller and a webhook may both ask at once
             items = await asyncio.to_thread(
-                self._store.claim_outbox, self._owner, now=self._clock(), ttl=self._lease_ttl
+                # Leases are measured on the database's clock, the same for every replica.
+                self._store.claim_outbox, self._owner, ttl=self._lease_ttl
             )
             fresh = [item for item in items if item.id not in self._queued]
             if not fresh:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -50,7 +49,7 @@ class Poller:
         owner: str,
         lease_ttl: float,
         concurrency: int = 8,
-        clock: Callable[[], float] = time.time,
+        single_process: bool = False,
         reconcile_creates: Callable[[], Awaitable[int]] | None = None,
     ) -> None:
         self._reconcile_creates = reconcile_creates
@@ -60,7 +59,9 @@ class Poller:
         self._owner = owner
         self._lease_ttl = lease_ttl
         self._concurrency = concurrency
-        self._clock = clock
+        # SQLite serves one process: a heartbeat left by a killed predecessor is not a live
+        # replica, and counting it would leave part of the watches unclaimed after a restart.
+        self._single_process = single_process
 
     async def cycle(self) -> None:
         """One poll cycle. Never raises: the scheduler must keep calling it."""
@@ -77,15 +78,26 @@ class Poller:
             log.exception("delivering notifications failed; the next cycle will try again")
 
     async def _cycle(self) -> None:
-        now = self._clock()
-        live = await asyncio.to_thread(self._store.heartbeat, self._owner, now, self._lease_ttl)
+        # Heartbeat and leases are measured on the database's clock, not this host's.
+        live = 1
+        if not self._single_process:
+            live = await asyncio.to_thread(self._store.heartbeat, self._owner, ttl=self._lease_ttl)
         watches = await asyncio.to_thread(
-            self._store.claim_watches, self._owner, now=now, ttl=self._lease_ttl, live_replicas=live
+            self._store.claim_watches, self._owner, ttl=self._lease_ttl, live_replicas=live
         )
         if not watches:
             return
         report = await self.fetch_statuses(watches)
         await self.apply(watches, report)
+
+    async def keep_alive(self) -> None:
+        """Between long reconciliation cycles: stay counted as alive and keep this replica's leases.
+        Never raises (the scheduler calls it)."""
+        try:
+            await asyncio.to_thread(self._store.heartbeat, self._owner, ttl=self._lease_ttl)
+            await asyncio.to_thread(self._store.renew_leases, self._owner, ttl=self._lease_ttl)
+        except Exception:
+            log.exception("renewing this replica's heartbeat and leases failed; will try again")
 
     async def fetch_statuses(self, watches: Iterable[Watch]) -> StatusReport:
         wanted: dict[str, int | None] = {}

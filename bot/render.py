@@ -589,6 +589,30 @@ def render_create_duplicate(job_id: str) -> Reply:
     return _reply(message, [_section(message)])
 
 
+# ---------------------------------------------------------------------------------------------- restarts
+
+
+def render_restarting() -> Reply:
+    """A command that arrives while the bot shuts down (a deploy): refused before any work."""
+    message = ":arrows_counterclockwise: I'm restarting right now. Please try again in a minute."
+    return _reply(message, [_section(message)])
+
+
+def render_unfinished(subcommand: str, command: str = "/finetune") -> Reply:
+    """A command acknowledged before a restart that could not finish inside the shutdown window.
+    A `create` may have reached OpenAI without an answer: never claim it was not created."""
+    what = _code(f"{command} {subcommand}", 60)
+    if subcommand == "create":
+        message = (
+            f":warning: I was restarting and could not finish {what}: OpenAI had not confirmed the "
+            f"job yet, so it may or may not have been created. Check `{command} list` before "
+            "running it again, so it does not start twice."
+        )
+    else:
+        message = f":warning: I was restarting and could not finish {what}; please run it again."
+    return _reply(message, [_section(message)])
+
+
 # ---------------------------------------------------------------------------------------------- watches
 
 

@@ -15,6 +15,7 @@ import gc
 import logging
 import os
 import socket
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -41,6 +42,12 @@ from bot.webhooks import WebhookReceiver
 
 log = logging.getLogger(__name__)
 
+# After the shutdown window: the time allowed to tell users what could not finish.
+FAREWELL_SECONDS = 3.0
+# How long uvicorn waits for open HTTP connections (acknowledgements take milliseconds) before the
+# lifespan shutdown, which has the real window.
+CONNECTIONS_GRACE_SECONDS = 3.0
+
 
 class ListenProblem(Exception):
     """The port cannot be listened on; its str is one line naming the variable to change."""
@@ -64,10 +71,17 @@ def build_asgi(settings: Settings, store: Store, identity: BotIdentity | None = 
     slack_client = build_slack_client(settings)
     app = build_app(settings, slack_client, identity)
     owner = f"{socket.gethostname()}:{settings.port}:{os.getpid()}"
-    # A lease outlives several cycles, so a slow cycle never hands a watch to another replica.
     interval = settings.effective_poll_interval
-    lease_ttl = max(60.0, 3 * interval)
-    if store.engine.dialect.name == "sqlite":
+    # A lease only has to outlive one cycle's work (a slow cycle must not hand its watches to
+    # another replica mid-way), not the gap between cycles: it follows POLL_INTERVAL_SECONDS even
+    # when webhooks stretch the cycles to RECONCILE_INTERVAL_SECONDS. Between those passes a
+    # keep-alive renews the heartbeat and leases every POLL_INTERVAL_SECONDS, so live replicas keep
+    # their share while a crashed one's watches are free after max(60 s, 3 polls), not 15 minutes.
+    # Should a lease lapse anyway (a stalled loop) and another replica take the watch, nothing is
+    # announced twice: the outbox, not the lease, keeps announcements single.
+    lease_ttl = max(60.0, 3 * settings.poll_interval_seconds)
+    single_process = store.engine.dialect.name == "sqlite"
+    if single_process:
         # SQLite means one process: leases left by a killed predecessor are ours to take now.
         store.release_all_leases()
     posting_client = build_slack_client(settings, posting=True)
@@ -89,7 +103,7 @@ def build_asgi(settings: Settings, store: Store, identity: BotIdentity | None = 
         runner,
         owner=owner,
         stale_after=lease_ttl,
-        others_orphaned=store.engine.dialect.name == "sqlite",
+        others_orphaned=single_process,
     )
     poller = Poller(
         store,
@@ -98,9 +112,11 @@ def build_asgi(settings: Settings, store: Store, identity: BotIdentity | None = 
         owner=owner,
         lease_ttl=lease_ttl,
         concurrency=settings.poll_concurrency,
+        single_process=single_process,
         reconcile_creates=reconciler.run,
     )
-    inflight = InFlight()
+    inflight = InFlight()  # replies owed to users
+    polling = InFlight()  # the poll cycle, apart: its end is when our watches can be handed over
     register_listeners(
         app,
         runner,
@@ -115,9 +131,20 @@ def build_asgi(settings: Settings, store: Store, identity: BotIdentity | None = 
     )
 
     async def poll() -> None:
-        async with inflight.track():
+        if inflight.closing:
+            return  # shutting down: the watches are being handed over
+        async with polling.track():
             await poller.cycle()
 
+    if settings.webhooks_enabled and not single_process:
+
+        async def keep_alive() -> None:
+            if inflight.closing:
+                return
+            async with polling.track():  # shutdown retires this replica only after it
+                await poller.keep_alive()
+
+        scheduler.add_job(keep_alive, "interval", seconds=settings.poll_interval_seconds, id="keep_alive")
     scheduler.add_job(
         poll,
         "interval",
@@ -170,15 +197,7 @@ def build_asgi(settings: Settings, store: Store, identity: BotIdentity | None = 
                 socket_mode.start()
             yield
         finally:
-            # Stop starting new work, then let what was promised finish (bounded: a platform
-            # sends SIGKILL ~10 s after SIGTERM, and the outbox makes even that safe).
-            scheduler.pause()
-            if not await inflight.drain(timeout=4):
-                log.warning("stopping with %d replies or poll cycles unfinished", inflight.count)
-            if not await notifier.wait_idle(timeout=2):
-                log.warning("stopping with notifications queued; the outbox keeps them for the next start")
-            if receiver is not None:
-                await receiver.drain()
+            await shut_down()
             if socket_mode is not None:
                 await socket_mode.close()
             scheduler.shutdown(wait=False)
@@ -186,18 +205,55 @@ def build_asgi(settings: Settings, store: Store, identity: BotIdentity | None = 
             await asyncio.to_thread(store.close)
             log.info("finetune-bot stopped")
 
+    async def shut_down() -> None:
+        """Refuse new commands, let promised work finish within SHUTDOWN_GRACE_SECONDS of the
+        signal, tell the users of what cannot, and hand this replica's leases over."""
+        inflight.close()  # usually already done by the signal handler, which starts the window
+        deadline = (inflight.closed_at or time.monotonic()) + settings.shutdown_grace_seconds
+
+        def remaining() -> float:
+            return max(0.0, deadline - time.monotonic())
+
+        scheduler.pause()
+        if not await polling.drain(remaining()):
+            log.warning("stopping with a poll cycle unfinished; the next owner repeats it")
+        # From here on other replicas may take over this replica's watches at their next cycle.
+        try:
+            log.info("handed over %d watches", await asyncio.to_thread(store.retire, owner))
+        except Exception:  # the database is down: the leases simply expire, as after a crash
+            log.exception("could not hand this replica's watches over; their leases will expire")
+        if not await inflight.drain(remaining()):
+            abandoned = await inflight.abandon(FAREWELL_SECONDS)
+            log.warning("told %d users their command could not finish before the restart", abandoned)
+        if receiver is not None:
+            await receiver.drain()
+        if not await notifier.wait_idle(max(0.5, remaining())):
+            log.warning("stopping with notifications queued; the outbox keeps them for the next start")
+        try:
+            await asyncio.to_thread(store.release_outbox, owner)
+        except Exception:
+            log.exception("could not release this replica's notifications; their leases will expire")
+
     routes = [Route("/healthz", healthz, methods=["GET"])]
     if not settings.socket_mode:
         routes.append(Route("/slack/events", slack_events.handle, methods=["POST"]))
     if receiver is not None:
         routes.append(Route("/openai/webhook", receiver.handle, methods=["POST"]))
-    return Starlette(routes=routes, lifespan=lifespan)
+    asgi = Starlette(routes=routes, lifespan=lifespan)
+    asgi.state.inflight = inflight  # serve() closes it the moment SIGTERM arrives
+    return asgi
 
 
 class _Server(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, inflight: InFlight) -> None:
+        super().__init__(config)
+        self._inflight = inflight
+
     def handle_exit(self, sig: int, frame: Any) -> None:
         # SIGTERM is a platform's normal "stop" (Heroku sends it on every deploy): shut down
         # gracefully and exit 0, instead of uvicorn's default of re-raising the signal afterwards.
+        # The shutdown window starts now, and commands arriving from now on are refused.
+        self._inflight.close()
         super().handle_exit(sig, frame)
         self._captured_signals.clear()
 
@@ -235,16 +291,18 @@ def serve(
     settings: Settings, store: Store, sock: socket.socket, identity: BotIdentity | None = None
 ) -> None:
     """Serve on `sock`, bound by `listen` before anything else started."""
+    asgi = build_asgi(settings, store, identity)
     config = uvicorn.Config(
-        build_asgi(settings, store, identity),
+        asgi,
         host=settings.host,
         port=settings.port,
         log_config=None,  # keep our handlers (and their secret redaction)
         access_log=False,
         lifespan="on",
-        timeout_graceful_shutdown=3,
+        # Part of SHUTDOWN_GRACE_SECONDS (measured from the signal), not added to it.
+        timeout_graceful_shutdown=min(CONNECTIONS_GRACE_SECONDS, settings.shutdown_grace_seconds),
         # uvicorn's h11 protocol plus a deadline on request headers and a connection cap below
         # the open-file limit (bot/http_guard.py): slow clients cannot starve /healthz.
         http=GuardedH11Protocol,
     )
-    _Server(config).run(sockets=[sock])
+    _Server(config, asgi.state.inflight).run(sockets=[sock])

@@ -31,6 +31,11 @@ SCHEMA_VERSION = 2
 # should hear "no answer" well before that.
 CONNECT_TIMEOUT_SECONDS = 10
 
+# The database's "now", in epoch seconds. PostgreSQL's clock_timestamp() moves within a transaction
+# (now() would not); SQLite 3.40 lacks unixepoch('subsec'), hence the Julian-day arithmetic.
+_PG_NOW = sa.text("SELECT extract(epoch FROM clock_timestamp())")
+_SQLITE_NOW = sa.text("SELECT (julianday('now') - 2440587.5) * 86400.0")
+
 metadata = sa.MetaData()
 
 schema_info = sa.Table(
@@ -264,6 +269,11 @@ class Store:
     def _insert(self, table: sa.Table) -> Any:
         return (postgresql.insert if self._postgres else sqlite.insert)(table)
 
+    def _db_now(self, conn: Connection) -> float:
+        """Seconds since the epoch on the database's clock: every replica then measures leases and
+        heartbeats against the same clock, whatever its host's clock says."""
+        return float(conn.execute(_PG_NOW if self._postgres else _SQLITE_NOW).scalar_one())
+
     # -- schema ----------------------------------------------------------------------------------
 
     def migrate(self) -> None:
@@ -285,6 +295,46 @@ class Store:
                 # One step per version. 1 → 2 added finetune_pending_creates, which `create_all`
                 # above has just created (it only adds what is missing): nothing to alter.
                 conn.execute(schema_info.update().values(version=SCHEMA_VERSION))
+
+    def retire(self, owner: str) -> int:
+        """On shutdown: hand this replica's watches back and stop counting it as alive, so the
+        others take its share at their next cycle instead of waiting for its leases to expire.
+        Returns how many watches were released."""
+        with self._tx() as conn:
+            released = conn.execute(
+                watches.update()
+                .where(watches.c.lease_owner == owner)
+                .values(lease_owner=None, lease_expires_at=None)
+            ).rowcount
+            conn.execute(replicas.delete().where(replicas.c.id == owner))
+        return int(released)
+
+    def renew_leases(self, owner: str, *, ttl: float) -> int:
+        """Extend the leases this replica still holds on active watches (database clock)."""
+        with self._tx() as conn:
+            now = self._db_now(conn)
+            return int(
+                conn.execute(
+                    watches.update()
+                    .where(
+                        watches.c.lease_owner == owner,
+                        watches.c.ended_at.is_(None),
+                        watches.c.lease_expires_at >= now,
+                    )
+                    .values(lease_expires_at=now + ttl)
+                ).rowcount
+            )
+
+    def release_outbox(self, owner: str) -> int:
+        """On shutdown, last: unsent notifications this replica leased become free for others."""
+        with self._tx() as conn:
+            return int(
+                conn.execute(
+                    outbox.update()
+                    .where(outbox.c.lease_owner == owner, outbox.c.sent_at.is_(None))
+                    .values(lease_owner=None, lease_expires_at=None)
+                ).rowcount
+            )
 
     def release_all_leases(self) -> None:
         with self._tx() as conn:
@@ -435,9 +485,11 @@ class Store:
         with self._tx() as conn:
             conn.execute(watches.update().where(watches.c.id.in_(watch_ids)).values(last_status=status))
 
-    def heartbeat(self, replica_id: str, now: float, ttl: float) -> int:
-        """Record that this replica is alive; returns how many replicas are."""
+    def heartbeat(self, replica_id: str, now: float | None = None, ttl: float = 60.0) -> int:
+        """Record that this replica is alive; returns how many replicas are. `now` defaults to
+        the database's clock (tests pass their own)."""
         with self._tx() as conn:
+            now = self._db_now(conn) if now is None else now
             stmt = self._insert(replicas).values(id=replica_id, heartbeat_at=now)
             conn.execute(stmt.on_conflict_do_update(index_elements=["id"], set_={"heartbeat_at": now}))
             conn.execute(replicas.delete().where(replicas.c.heartbeat_at < now - 10 * ttl))
@@ -449,11 +501,14 @@ class Store:
                 ).scalar_one()
             )
 
-    def claim_watches(self, owner: str, *, now: float, ttl: float, live_replicas: int) -> list[Watch]:
+    def claim_watches(
+        self, owner: str, *, now: float | None = None, ttl: float, live_replicas: int
+    ) -> list[Watch]:
         """Renew this replica's leases and claim free ones up to a fair share of the active watches,
         releasing any excess, so several replicas divide the work and a dead one's watches move on
-        once its leases expire."""
+        once its leases expire. `now` defaults to the database's clock."""
         with self._tx() as conn:
+            now = self._db_now(conn) if now is None else now
             active = conn.execute(
                 sa.select(sa.func.count()).select_from(watches).where(watches.c.ended_at.is_(None))
             ).scalar_one()
@@ -537,8 +592,12 @@ class Store:
             )
         return created is not None
 
-    def claim_outbox(self, owner: str, *, now: float, ttl: float, limit: int = 200) -> list[OutboxItem]:
+    def claim_outbox(
+        self, owner: str, *, now: float | None = None, ttl: float, limit: int = 200
+    ) -> list[OutboxItem]:
+        """Lease the notifications due now (`now` defaults to the database's clock)."""
         with self._tx() as conn:
+            now = self._db_now(conn) if now is None else now
             due = (
                 sa.select(outbox.c.id)
                 .where(
@@ -570,6 +629,7 @@ class Store:
     ) -> bool:
         """Durably note where a post is about to go, before posting. False if the lease was lost."""
         with self._tx() as conn:
+            now = self._db_now(conn)
             result = conn.execute(
                 outbox.update()
                 .where(outbox.c.id == item_id, outbox.c.lease_owner == owner, outbox.c.sent_at.is_(None))
@@ -579,7 +639,7 @@ class Store:
                     attempt_started_at=time.time(),
                     attempts=outbox.c.attempts + 1,
                     # A fresh lease for the post itself, however long the row waited in a queue.
-                    lease_expires_at=time.time() + lease_ttl,
+                    lease_expires_at=now + lease_ttl,
                 )
             )
         return result.rowcount == 1
@@ -601,12 +661,13 @@ class Store:
 
     def defer(self, item_id: int, *, error: str, retry_in: float) -> None:
         with self._tx() as conn:
+            now = self._db_now(conn)  # compared with the database's clock in claim_outbox
             conn.execute(
                 outbox.update()
                 .where(outbox.c.id == item_id, outbox.c.sent_at.is_(None))
                 .values(
                     last_error=error[:500],
-                    next_attempt_at=time.time() + retry_in,
+                    next_attempt_at=now + retry_in,
                     lease_owner=None,
                     lease_expires_at=None,
                 )

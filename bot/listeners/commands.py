@@ -21,6 +21,9 @@ from bot.runner import CommandRunner, Invocation
 
 COMMAND = "/finetune"
 REPLY_ATTEMPTS = 3
+# Where the acknowledgement leaves the InFlight ticket for the lazy listener (Bolt copies the
+# context, so a plain value is what survives).
+TICKET = "finetune_inflight_ticket"
 
 
 async def send_reply(
@@ -66,17 +69,25 @@ def register(
             return render.render_parse_error(parsed, COMMAND), None
         return None, parsed
 
-    async def acknowledge(ack: AsyncAck, command: dict[str, Any]) -> None:
+    async def acknowledge(ack: AsyncAck, command: dict[str, Any], context: dict[str, Any]) -> None:
         answer, _ = triage(command)
+        if answer is None and inflight.closing:
+            # Shutting down (a deploy): promise nothing this process might not live to keep.
+            answer = render.render_restarting()
         if answer is not None:
             await ack(response_type="ephemeral", **answer.as_kwargs())
-        else:
-            await ack()
-
-    async def carry_out(command: dict[str, Any], respond: AsyncRespond, logger: logging.Logger) -> None:
-        _, parsed = triage(command)
-        if parsed is None:
             return
+        # Counted before the ack goes out, so a SIGTERM right after it still waits for the reply.
+        context[TICKET] = inflight.reserve()
+        await ack()
+
+    async def carry_out(
+        command: dict[str, Any], respond: AsyncRespond, logger: logging.Logger, context: dict[str, Any]
+    ) -> None:
+        ticket = context.get(TICKET)
+        _, parsed = triage(command)
+        if parsed is None or ticket is None:
+            return  # answered (or refused) in the acknowledgement
         invocation = Invocation(
             team_id=str(command.get("team_id") or ""),
             channel_id=str(command.get("channel_id") or ""),
@@ -84,7 +95,14 @@ def register(
             trigger_id=str(command.get("trigger_id") or ""),
             response_url=str(command.get("response_url") or "") or None,
         )
-        async with inflight.track():
+        name = type(parsed).__name__.removesuffix("Command").lower()
+
+        async def farewell() -> None:
+            # The shutdown window ran out: the user must not be left waiting for nothing.
+            reply = render.render_unfinished(name, COMMAND)
+            await send_reply(respond, reply, logger, what=f"{COMMAND} {name}")
+
+        async with inflight.track(ticket, farewell):
             try:
                 reply = await runner.run(parsed, invocation)
             except Exception:
