@@ -78,10 +78,12 @@ class Poller:
             log.exception("delivering notifications failed; the next cycle will try again")
 
     async def _cycle(self) -> None:
-        # Heartbeat and leases are measured on the database's clock, not this host's.
-        live = 1
-        if not self._single_process:
-            live = await asyncio.to_thread(self._store.heartbeat, self._owner, ttl=self._lease_ttl)
+        # Heartbeat and leases are measured on the database's clock, not this host's. The heartbeat
+        # is written on SQLite too (it records when this process last started a cycle), but there
+        # only this process counts as alive.
+        live = await asyncio.to_thread(self._store.heartbeat, self._owner, ttl=self._lease_ttl)
+        if self._single_process:
+            live = 1
         watches = await asyncio.to_thread(
             self._store.claim_watches, self._owner, ttl=self._lease_ttl, live_replicas=live
         )

@@ -20,6 +20,7 @@ import sqlalchemy as sa
 
 from bot.config import Settings, database_url_problem, load_settings
 from bot.database import DatabaseProblem, Diagnosis, Target, diagnose, open_database, problem_line
+from bot.store import SCHEMA_VERSION
 from tests.bot_process import BOT_TOKEN, OPENAI_KEY, REPO, SIGNING_SECRET, BotProcess, free_port, run_bot_once
 from tests.db import PG_ADMIN_URL, fresh_postgres_database, require_postgres
 from tests.fakes import FakeOpenAI, FakeSlack
@@ -160,7 +161,7 @@ def test_database_that_comes_up_during_the_wait(
             # The schema was created once the database came up.
             engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
             with engine.connect() as conn:
-                assert conn.execute(sa.text("SELECT version FROM finetune_schema")).scalar() == 1
+                assert conn.execute(sa.text("SELECT version FROM finetune_schema")).scalar() == SCHEMA_VERSION
             engine.dispose()
         finally:
             assert bot.stop() == 0, bot.logs
