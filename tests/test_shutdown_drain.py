@@ -91,6 +91,7 @@ def test_commands_arriving_during_the_drain_are_refused(tmp_path: Path) -> None:
                 "SLACK_API_URL": slack.api_url,
                 "OPENAI_API_KEY": OPENAI_KEY,
                 "OPENAI_BASE_URL": openai.base_url,
+                "FINETUNE_READ_ACCESS": "org",  # the job was seeded at the fake, not started here
             },
             tmp_path,
         ).start()
