@@ -10,6 +10,7 @@ nothing was started, and is never looked up.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from bot import render
 from bot.openai_client import ServerError, UnavailableError
 from bot.pending import lookup_due
 from bot.store import PendingCreate
+from tests.db import fresh_postgres_database
 from tests.fakes import FakeOpenAI, FakeSlack
 from tests.fakes.openai import RecordedRequest
 from tests.harness import Harness, all_text, query_db, start_bot
@@ -163,10 +165,21 @@ def test_5xx_that_created_nothing_is_given_up_and_user_told_retry_is_safe(
         assert h.bot.stop() == 0, h.bot.logs
 
 
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 def test_killed_before_the_lookup_still_finds_the_job_after_restart(
-    fake_openai: FakeOpenAI, fake_slack: FakeSlack, tmp_path: Path
+    fake_openai: FakeOpenAI, fake_slack: FakeSlack, tmp_path: Path, kind: str
 ) -> None:
-    h = bot_for(fake_openai, fake_slack, tmp_path)
+    with contextlib.ExitStack() as stack:
+        extra = {}
+        if kind == "postgresql":
+            extra["DATABASE_URL"] = stack.enter_context(fresh_postgres_database())
+        killed_then_restarted(fake_openai, fake_slack, tmp_path, extra)
+
+
+def killed_then_restarted(
+    fake_openai: FakeOpenAI, fake_slack: FakeSlack, tmp_path: Path, extra: dict[str, str]
+) -> None:
+    h = bot_for(fake_openai, fake_slack, tmp_path, **extra)
     fake_openai.fail_next(502, path="/fine_tuning/jobs", method="POST", times=3, processed=True)
     _, reply_key = h.command("create file-abc123", channel_id=CHANNEL)
     assert MAY_HAVE in all_text(h.reply(reply_key, timeout=30))
@@ -176,7 +189,7 @@ def test_killed_before_the_lookup_still_finds_the_job_after_restart(
     wait_killed(h.bot)
     assert lookups(fake_openai, key) == [] and announcements(h, job_id) == []
 
-    h.bot = bot_for(fake_openai, fake_slack, tmp_path).bot
+    h.bot = bot_for(fake_openai, fake_slack, tmp_path, **extra).bot
     try:
         fake_slack.wait_for(lambda s: announcements(h, job_id), timeout=30)
         assert lookups(fake_openai, key)
