@@ -9,6 +9,11 @@ start) takes such rows over and:
   create; never found once nothing can create it any more (see ABANDON_AFTER) → abandoned, logged;
 - `created` (watched, not yet announced): checks the channel for an announcement carrying the key
   (the process may have died right after posting it), and posts one only if there is none.
+- `unconfirmed` (OpenAI's answer to the create was lost: timeout, 5xx, dropped connection, so the
+  job may exist): looked up the same way, by any replica, on the schedule of
+  `runner.UNCONFIRMED_LOOKUPS`; found → watched and announced, and the user told through the
+  response_url that it started after all; never found by the last lookup → abandoned, logged, and
+  the user told a retry is safe.
 """
 
 from __future__ import annotations
@@ -23,9 +28,10 @@ from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from bot import render
+from bot.models import FineTuningJob
 from bot.openai_client import FineTuningClient, OpenAIError
-from bot.runner import ANNOUNCEMENT_EVENT, CHANNEL_REFUSED, CommandRunner
-from bot.store import PendingCreate, Store
+from bot.runner import ANNOUNCEMENT_EVENT, CHANNEL_REFUSED, CommandRunner, unconfirmed_lookups
+from bot.store import PendingCreate, Store, Watch
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +42,20 @@ ABANDON_AFTER = 600.0
 KEEP_CLOSED = 7 * 86400.0
 # How long response_url accepts replies (Slack: 30 minutes).
 RESPONSE_URL_LIFETIME = 1800.0
+
+
+def lookup_due(row: PendingCreate, now: float, schedule: tuple[float, ...]) -> bool:
+    """Whether an unconfirmed create is to be looked up now: a point of the schedule (seconds after
+    the command) has passed since it was last touched (`updated_at`: closed as unconfirmed, or the
+    previous lookup). Past the last point only a failed lookup is left open; it is tried again
+    every `schedule[0]` seconds."""
+    age = now - row.created_at
+    passed = [point for point in schedule if point <= age]
+    if not passed:
+        return False
+    if row.updated_at < row.created_at + passed[-1]:
+        return True
+    return now - row.updated_at >= schedule[0]
 
 
 class CreateReconciler:
@@ -88,18 +108,60 @@ class CreateReconciler:
                 log.warning("could not reconcile create %s (%s); next cycle", row.trigger_id, error.status)
         if rows:
             await asyncio.to_thread(self._store.purge_closed_creates, now - KEEP_CLOSED)
+        return done + await self._look_up_unconfirmed(now)
+
+    async def _look_up_unconfirmed(self, now: float) -> int:
+        schedule = unconfirmed_lookups()
+        rows = await asyncio.to_thread(self._store.unconfirmed_creates, started_before=now - schedule[0])
+        done = 0
+        for row in rows:
+            if not lookup_due(row, now, schedule) or self._runner.is_carrying_out(row.trigger_id):
+                continue
+            # Claiming moves `updated_at` to now: that is what marks this lookup as made.
+            if not await asyncio.to_thread(self._store.claim_pending, row, self._owner, now):
+                continue
+            try:
+                done += await self._find_unconfirmed(row, now, give_up_at=schedule[-1])
+            except OpenAIError as error:
+                log.warning("could not look up unconfirmed create %s (%s)", row.trigger_id, error.status)
         return done
+
+    async def _find_unconfirmed(self, row: PendingCreate, now: float, *, give_up_at: float) -> int:
+        job = await self._job_with_key(row)
+        if job is not None:
+            found = await self._watch_and_announce(row, job)
+            if found:
+                await self._reply(row, render.render_create_started_after_all(job.id, row.channel_id))
+            return found
+        if now - row.created_at < give_up_at:
+            log.info("no job yet for unconfirmed create %s; will look again", row.trigger_id)
+            return 0
+        log.warning(
+            "create %s by %s in %s: OpenAI never confirmed it and no job with its key appeared; "
+            "giving it up (nothing was started)",
+            row.trigger_id,
+            row.user_id,
+            row.channel_id,
+        )
+        await asyncio.to_thread(self._store.close_create, row.trigger_id, "abandoned", "unconfirmed, no job")
+        await self._reply(row, render.render_create_never_started(row.params.get("training_file")))
+        return 1
 
     async def _reconcile(self, row: PendingCreate, now: float) -> int:
         if row.state == "created" and row.job_id and row.watch_id is not None:
             return await self._finish_announcement(row, row.job_id, row.watch_id)
         return await self._find_job(row, now)
 
-    async def _find_job(self, row: PendingCreate, now: float) -> int:
+    async def _job_with_key(self, row: PendingCreate) -> FineTuningJob | None:
         page = await self._openai.list_jobs(metadata={"slack_trigger": row.trigger_id}, limit=10)
         # The filter is OpenAI's; check again rather than trust it to be exact.
         found = [j for j in page.data if (j.raw.get("metadata") or {}).get("slack_trigger") == row.trigger_id]
-        if not found:
+        # Newest first; the idempotency key makes it one job, take the first made.
+        return found[-1] if found else None
+
+    async def _find_job(self, row: PendingCreate, now: float) -> int:
+        job = await self._job_with_key(row)
+        if job is None:
             if now - row.created_at >= ABANDON_AFTER:
                 log.warning(
                     "create %s by %s in %s never reached OpenAI; giving it up",
@@ -109,15 +171,17 @@ class CreateReconciler:
                 )
                 await asyncio.to_thread(self._store.close_create, row.trigger_id, "abandoned", "no job found")
             return 0
-        job = found[-1]  # newest first; the idempotency key makes it one job, take the first made
-        watch = await asyncio.to_thread(
+        return await self._watch_and_announce(row, job)
+
+    async def _watch_and_announce(self, row: PendingCreate, job: FineTuningJob) -> int:
+        watch: Watch | None = await asyncio.to_thread(
             self._store.record_created, row, job_id=job.id, job_created_at=job.created_at, status=job.status
         )
         if watch is None:
             return 0  # recorded meanwhile by whoever announces it
         log.info("found %s started by create %s; watching and announcing it", job.id, row.trigger_id)
         reply = await self._runner.announce_created(row, job, watch)
-        await self._tell_user(row, reply)
+        await self._reply(row, reply)
         return 1
 
     async def _finish_announcement(self, row: PendingCreate, job_id: str, watch_id: int) -> int:
@@ -131,7 +195,7 @@ class CreateReconciler:
             return 0
         job = await self._openai.retrieve_job(job_id)
         reply = await self._runner.announce_created(row, job, watch)
-        await self._tell_user(row, reply)
+        await self._reply(row, reply)
         return 1
 
     async def _announcement_in_slack(self, row: PendingCreate) -> str | None:
@@ -155,9 +219,10 @@ class CreateReconciler:
                 return str(message.get("ts"))
         return None
 
-    async def _tell_user(self, row: PendingCreate, reply: render.Reply | None) -> None:
-        """The channel refused the announcement: tell the person privately while Slack still
-        accepts replies to their command (best effort; the outcome will reach them by DM)."""
+    async def _reply(self, row: PendingCreate, reply: render.Reply | None) -> None:
+        """Tell the person privately (a refused announcement, or news of an unconfirmed create)
+        while Slack still accepts replies to their command (best effort: an outcome still reaches
+        them by DM)."""
         if reply is None or not row.response_url or self._clock() - row.created_at > RESPONSE_URL_LIFETIME:
             return
         try:
@@ -165,4 +230,4 @@ class CreateReconciler:
                 response_type="ephemeral", replace_original=False, **reply.as_kwargs()
             )
         except Exception as error:
-            log.warning("could not reply to create %s: %s", row.trigger_id, type(error).__name__)
+            log.warning("could not send a note about create %s: %s", row.trigger_id, type(error).__name__)

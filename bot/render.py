@@ -589,6 +589,53 @@ def render_create_duplicate(job_id: str) -> Reply:
     return _reply(message, [_section(message)])
 
 
+def _unconfirmed_reason(error: OpenAIError) -> str:
+    # Our own words from the status alone: OpenAI's (or a proxy's) text is not shown here.
+    if isinstance(error, UnavailableError):
+        return "it didn't answer in time or the connection dropped"
+    if error.status is not None and error.status >= 500:
+        return f"it answered HTTP {int(error.status)}"
+    return "its answer was garbled"
+
+
+def render_create_unconfirmed(error: OpenAIError, check_for: float) -> Reply:
+    """A create whose answer was lost (timeout, 5xx, dropped connection): OpenAI may have started
+    the job anyway, so the user must not retry with a new command while the bot looks it up."""
+    minutes = max(1, round(check_for / 60))
+    message = (
+        f":warning: OpenAI is unavailable right now and didn't confirm your `create` "
+        f"({_unconfirmed_reason(error)}), so the job *may or may not have started*. I'll check and "
+        f"announce it here within {_plural(minutes, 'minute')} if it did — *don't run `create` "
+        "again before then*, that could start (and bill) a second job. If no job turns up, I'll tell "
+        "you here that a retry is safe."
+    )
+    blocks = [_section(message)]
+    if error.request_id:
+        blocks.append(_context(f"OpenAI request id: {_code(error.request_id)}"))
+    return _reply(message, blocks)
+
+
+def render_create_started_after_all(job_id: str, channel_id: str) -> Reply:
+    """The unconfirmed create did start a job, found later by its metadata."""
+    where = f"<#{channel_id}>" if _CHANNEL_ID.fullmatch(channel_id) else "the channel"
+    message = (
+        f":white_check_mark: Your `create` *did start* fine-tuning job {_code(job_id)} after all "
+        f"(OpenAI hadn't confirmed it). It is announced in {where} and I'm watching it — don't run "
+        f"`create` again. `/finetune get {_clip(job_id, ID_CHARS)}` shows how it is doing."
+    )
+    return _reply(message, [_section(message)])
+
+
+def render_create_never_started(training_file: str | None) -> Reply:
+    """The unconfirmed create started nothing: no job carrying its key ever appeared."""
+    what = f" (training file {_code(training_file)})" if training_file else ""
+    message = (
+        f":information_source: Your earlier `create`{what} started nothing: OpenAI never confirmed it "
+        "and no job from it has turned up. It is safe to run it again."
+    )
+    return _reply(message, [_section(message)])
+
+
 # ---------------------------------------------------------------------------------------------- restarts
 
 

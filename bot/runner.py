@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import hashlib
 import logging
+import os
 import time
 import uuid
 from collections.abc import Callable
@@ -72,6 +74,33 @@ class Invocation:
     # Slack's id for this one command: the same on every redelivery or replay of it.
     trigger_id: str = ""
     response_url: str | None = None
+
+
+# When a create whose answer was lost (timeout, 5xx, dropped connection: "unconfirmed") is looked
+# up by its key, in seconds after the command. Not at once: OpenAI's list may not show a job made a
+# moment ago, and the few lookups (one GET each) stay off the busy first minute; then with backoff.
+# The last is when it is given up: by then (as for ABANDON_AFTER in bot/pending.py) no delivery of
+# the command can still be creating a job under its key. The reply promises news within that time.
+UNCONFIRMED_LOOKUPS = (90.0, 180.0, 360.0, 600.0)
+# Test hook, like FINETUNE_CRASH_AT: `FINETUNE_TEST_UNCONFIRMED_LOOKUPS=2,4,8` shortens that
+# schedule so the tests need not wait ten minutes. Never set in production.
+UNCONFIRMED_LOOKUPS_ENV = "FINETUNE_TEST_UNCONFIRMED_LOOKUPS"
+
+
+@functools.cache
+def unconfirmed_lookups() -> tuple[float, ...]:
+    raw = os.environ.get(UNCONFIRMED_LOOKUPS_ENV, "")
+    if not raw:
+        return UNCONFIRMED_LOOKUPS
+    try:
+        points = tuple(float(p) for p in raw.split(","))
+    except ValueError:
+        points = ()
+    if not points or points[0] <= 0 or list(points) != sorted(set(points)):
+        log.warning("ignoring %s=%r (want increasing seconds, e.g. 2,4,8)", UNCONFIRMED_LOOKUPS_ENV, raw)
+        return UNCONFIRMED_LOOKUPS
+    log.warning("%s=%s: test schedule for unconfirmed creates", UNCONFIRMED_LOOKUPS_ENV, raw)
+    return points
 
 
 def create_key(trigger_id: str) -> str:
@@ -311,20 +340,27 @@ class CommandRunner:
         return await self.record_and_announce(pending, job)
 
     async def _create_failed(self, pending: PendingCreate, error: OpenAIError) -> render.Reply:
+        # A timeout, 5xx or garbled answer leaves it unknown whether OpenAI made the job: the row
+        # stays `unconfirmed` and the reconciler looks the job up by its key later (and tells the
+        # user either way). Any other refusal (4xx: bad file, quota…) created nothing: `failed`.
+        unconfirmed = isinstance(error, ServerError | UnavailableError)
         log.warning(
-            "OpenAI refused CreateCommand (status=%s code=%s request_id=%s)",
+            "OpenAI %s CreateCommand %s (status=%s code=%s request_id=%s)",
+            "did not confirm" if unconfirmed else "refused",
+            pending.trigger_id,
             error.status,
             error.code,
             error.request_id,
         )
-        # A timeout or 5xx leaves it unknown whether the job exists ("unconfirmed"); either way the
-        # row is closed, so the command can be replayed (same key: the same job, or a clean retry).
-        state = "unconfirmed" if isinstance(error, ServerError | UnavailableError) else "failed"
+        state = "unconfirmed" if unconfirmed else "failed"
         note = f"OpenAI {error.status or type(error).__name__}"
         try:
             await asyncio.to_thread(self._store.close_create, pending.trigger_id, state, note)
         except SQLAlchemyError:
-            log.warning("could not close the refused create %s; reconciliation will", pending.trigger_id)
+            # Still `pending`: reconciliation looks it up as a half-done create.
+            log.warning("could not note the outcome of create %s; reconciliation will", pending.trigger_id)
+        if unconfirmed:
+            return render.render_create_unconfirmed(error, unconfirmed_lookups()[-1])
         return render.render_openai_error(error)
 
     async def record_and_announce(self, pending: PendingCreate, job: FineTuningJob) -> render.Reply | None:

@@ -112,8 +112,9 @@ webhook_deliveries = sa.Table(
 # Idempotency-Key sent to OpenAI), so a create can never leave a paid job nobody tracks, and a
 # replayed command never starts a second job. Written BEFORE OpenAI is called.
 # state: pending (OpenAI called, or about to be) → created (job id known, watch written) →
-# announced; or failed (OpenAI refused), unconfirmed (OpenAI timed out or answered 5xx) or
-# abandoned (the bot stopped half-way and no job with this key ever appeared).
+# announced; or failed (OpenAI refused) or abandoned (no job with this key ever appeared). In
+# between, unconfirmed: OpenAI timed out or answered 5xx, so the job may exist; looked up later by
+# its key (bot/pending.py), it becomes created, or abandoned once no job can appear any more.
 pending_creates = sa.Table(
     "finetune_pending_creates",
     metadata,
@@ -786,7 +787,8 @@ class Store:
             )
 
     def close_create(self, trigger_id: str, state: str, note: str, now: float | None = None) -> None:
-        """End a pending create without a job: `failed` (OpenAI refused) or `abandoned`."""
+        """Move a pending create without a job to `failed` (OpenAI refused), `unconfirmed` (the
+        answer was lost: still looked up) or `abandoned`."""
         now = time.time() if now is None else now
         with self._tx() as conn:
             conn.execute(
@@ -828,6 +830,21 @@ class Store:
             )
             return [PendingCreate.from_row(r) for r in rows]
 
+    def unconfirmed_creates(self, *, started_before: float, limit: int = 50) -> list[PendingCreate]:
+        """Creates whose OpenAI answer was lost (timeout, 5xx), started before `started_before`:
+        any replica may look them up (the caller decides which lookups are due; `claim_pending`
+        keeps two replicas from doing the same one). Oldest first, one indexed query."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(pending_creates)
+                .where(
+                    pending_creates.c.state == "unconfirmed", pending_creates.c.created_at < started_before
+                )
+                .order_by(pending_creates.c.created_at)
+                .limit(limit)
+            )
+            return [PendingCreate.from_row(r) for r in rows]
+
     def claim_pending(self, pending: PendingCreate, owner: str, now: float | None = None) -> bool:
         """Take over an open create (compare-and-set, so two replicas never both handle it)."""
         now = time.time() if now is None else now
@@ -849,7 +866,8 @@ class Store:
         with self._tx() as conn:
             return conn.execute(
                 pending_creates.delete().where(
-                    pending_creates.c.state.not_in(OPEN_CREATE_STATES), pending_creates.c.updated_at < before
+                    pending_creates.c.state.not_in((*OPEN_CREATE_STATES, "unconfirmed")),
+                    pending_creates.c.updated_at < before,
                 )
             ).rowcount
 

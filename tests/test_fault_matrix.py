@@ -16,7 +16,7 @@ from __future__ import annotations
 import itertools
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,13 @@ REPLY_FAILED = re.compile(r" WARNING .*could not reply to .* through response_ur
 LIST_OR_RETRIEVE = r"/fine_tuning/jobs(/ftjob-[A-Za-z0-9_-]+)?"
 
 
+def not_a_lookup(query: Mapping[str, str]) -> bool:
+    """Not the bot's own background lookup of an unconfirmed create (a list filtered by its
+    `slack_trigger` metadata, bot/pending.py): such lookups run on their own schedule during this
+    module and must neither take a fault meant for a command or the poller nor count as its attempt."""
+    return not any(name.startswith("metadata[") for name in query)
+
+
 def alive(h: Harness) -> bool:
     return h.bot.process is not None and h.bot.process.poll() is None
 
@@ -53,6 +60,10 @@ def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
             POLL_INTERVAL_SECONDS="1",
             OPENAI_TIMEOUT_SECONDS="2",
             FINETUNE_ADMINS=USER,
+            # Creates answered 5xx/timeout here are looked up on the real early schedule (those
+            # lookups are kept out of the faults, see not_a_lookup), but given up only after any run
+            # of this module: the "retry is safe" note must not take a response_url fault.
+            FINETUNE_TEST_UNCONFIRMED_LOOKUPS="90,180,360,7200",
         )
         try:
             yield Harness(bot, openai, slack)
@@ -208,6 +219,9 @@ def expected_fragments(fault: OpenAIFault, cmd: Cmd) -> list[str]:
         if cmd.job_id is None:  # list/create: there is no job to name
             return ["could not find"]
         return [f"No fine-tuning job `{cmd.job_id}`"]
+    if cmd.text.startswith("create") and fault.expect == "unavailable" and not fault.name.startswith("429"):
+        # The answer was lost, not refused: OpenAI may have made the job (bot/pending.py looks).
+        return [EXPECTED[fault.expect], "may or may not have started", "don't run `create`"]
     return [EXPECTED[fault.expect], *fault.fragments]
 
 
@@ -217,7 +231,9 @@ def test_openai_fault_on_every_command(h: Harness, fault: OpenAIFault) -> None:
     for cmd in cmds.values():
         if cmd.job_id is not None:
             h.openai.add_job(id=cmd.job_id, status="running")
-        h.openai.fail_next(**fault.kwargs, path=re.escape(cmd.path), method=cmd.method, times=3)
+        h.openai.fail_next(
+            **fault.kwargs, path=re.escape(cmd.path), method=cmd.method, times=3, query=not_a_lookup
+        )
     keys: dict[str, str] = {}
     for name, cmd in cmds.items():
         response, keys[name] = h.command(cmd.text)
@@ -231,7 +247,7 @@ def test_openai_fault_on_every_command(h: Harness, fault: OpenAIFault) -> None:
                 problems.append(f"{name}: {fragment!r} not in reply {text!r}")
         if reply.get("response_type") != "ephemeral" or "Something went wrong" in text:
             problems.append(f"{name}: unexpected reply {reply!r}")
-        attempts = h.openai.requests_to(re.escape(cmd.path), cmd.method)
+        attempts = [r for r in h.openai.requests_to(re.escape(cmd.path), cmd.method) if not_a_lookup(r.query)]
         if len(attempts) != fault.attempts:
             problems.append(f"{name}: {len(attempts)} attempts, expected {fault.attempts}")
         gaps = [b.time - a.time for a, b in itertools.pairwise(attempts)]
@@ -313,7 +329,7 @@ POLL_FAULTS = [
 @pytest.mark.parametrize("fault", POLL_FAULTS, ids=[f.name for f in POLL_FAULTS])
 def test_poller_rides_out_openai_fault_and_announces_once(h: Harness, fault: PollFault) -> None:
     job_id, announcement = start_job(h, POLL_CHANNEL)
-    h.openai.fail_next(**fault.kwargs, path=fault.path, method="GET", times=fault.times)
+    h.openai.fail_next(**fault.kwargs, path=fault.path, method="GET", times=fault.times, query=not_a_lookup)
     h.openai.set_status(job_id, "succeeded")
     outcome = wait_single_outcome(h, job_id, timeout=40)
     assert outcome.channel == POLL_CHANNEL and outcome.thread_ts == announcement.ts

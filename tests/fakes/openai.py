@@ -17,7 +17,7 @@ import random
 import re
 import string
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -188,9 +188,17 @@ class Fault:
     remaining: int
     headers: dict[str, str] = field(default_factory=dict)
     body: dict[str, Any] | str | None = None
+    # The request is carried out first and only its answer is lost: "the job exists but the
+    # client never heard" (a read timeout after the work was done, a proxy's 502, a dropped link).
+    processed: bool = False
+    # Only requests whose query this accepts (None = any), e.g. to keep a fault meant for a
+    # command away from a background lookup on the same path.
+    query: Callable[[Mapping[str, str]], bool] | None = None
 
-    def matches(self, method: str, path: str) -> bool:
+    def matches(self, method: str, path: str, query: Mapping[str, str] | None = None) -> bool:
         if self.method is not None and self.method != method.upper():
+            return False
+        if self.query is not None and not self.query(query or {}):
             return False
         return self.path is None or self.path.fullmatch(path) is not None
 
@@ -370,6 +378,8 @@ class FakeOpenAI(FakeServer):
         body: dict[str, Any] | str | None = None,
         kind: FaultKind = "status",
         retry_after: float | None = None,
+        processed: bool = False,
+        query: Callable[[Mapping[str, str]], bool] | None = None,
     ) -> Fault:
         """Answer the next ``times`` matching requests with a fault instead of the real handler.
 
@@ -378,6 +388,9 @@ class FakeOpenAI(FakeServer):
         OpenAI error body unless ``body`` is given), "hang" (never answers; the client must time
         out), "close" (drops the connection without a response), "html" (an HTML error page,
         default 502), "invalid_json" (``{not json`` with content-type JSON, default 200).
+        ``processed=True``: the request is handled for real (a create makes its job) and then the
+        fault replaces the answer. ``query``: a predicate on the request's query parameters that
+        must hold for the fault to be taken.
         """
         if kind not in ("status", "hang", "close", "html", "invalid_json"):
             raise ValueError(f"unknown fault kind {kind!r}")
@@ -395,6 +408,8 @@ class FakeOpenAI(FakeServer):
             remaining=times,
             headers=all_headers,
             body=body,
+            processed=processed,
+            query=query,
         )
         with self.lock:
             self._faults.append(fault)
@@ -404,10 +419,10 @@ class FakeOpenAI(FakeServer):
         with self.lock:
             self._faults.clear()
 
-    def _take_fault(self, method: str, path: str) -> Fault | None:
+    def _take_fault(self, method: str, path: str, query: Mapping[str, str]) -> Fault | None:
         with self.lock:
             for fault in self._faults:
-                if fault.matches(method, path):
+                if fault.matches(method, path, query):
                     fault.remaining -= 1
                     if fault.remaining <= 0:
                         self._faults.remove(fault)
@@ -736,8 +751,10 @@ class FakeOpenAI(FakeServer):
             self._requests.append(rec)
         if self.latency > 0:
             await asyncio.sleep(self.latency)
-        fault = self._take_fault(request.method, api_path)
+        fault = self._take_fault(request.method, api_path, rec.query)
         if fault is not None:
+            if fault.processed:
+                await self._respond(request, api_path, raw, form)  # done, then the answer is lost
             rec.fault = fault.kind
             return await self._apply_fault(fault, request, rec)
         response = await self._respond(request, api_path, raw, form)
