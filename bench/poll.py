@@ -5,6 +5,10 @@ POLL_INTERVAL_SECONDS=1 so cycles follow one another; each cycle is read from th
 log (it starts with `GET /fine_tuning/jobs` without `after`). The first cycle also claims every
 lease, so it is reported apart from the steady state.
 
+Cards: N watched jobs of which 20 are running, each with a card (an announcement). A running job
+costs one more request per cycle (the newest page of its events, for its card); the others none.
+The goal is ceil(N/100) + 1 + 20 requests per cycle.
+
 For comparison, in the same run and against the same fake, the naive strategy: for each job, one
 after another, retrieve it and list its events (what a bot without list pagination does).
 """
@@ -18,6 +22,7 @@ import time
 from pathlib import Path
 
 import httpx
+import sqlalchemy as sa
 
 from bench.common import (
     FunctionalError,
@@ -42,6 +47,8 @@ from bench.common import (
 
 GOAL_CYCLE = 2.0
 LATENCY = 0.05
+CARD_RUNNING = 20
+CARD_WATCHED = 1000
 
 
 def naive_cycle(openai: TimedFakeOpenAI, job_ids: list[str]) -> tuple[int, float]:
@@ -145,6 +152,9 @@ def run(quick: bool, stores: list[str]) -> Result:
                 + (f"; whole cycle incl. DB (bot log) {secs(statistics.median(logged))}" if logged else ""),
             )
 
+        # The issue's figure (1,000 watched, 20 running) even in quick mode: it takes seconds.
+        card_cycles(result, kind, CARD_WATCHED, cycles_wanted)
+
     if job_ids:
         # Same fake state and latency, the bot stopped so the two do not compete for the CPU.
         with fakes() as (openai, _slack):
@@ -178,3 +188,53 @@ def run(quick: bool, stores: list[str]) -> Result:
             baseline=True,
         )
     return result
+
+
+def card_cycles(result: Result, kind: str, jobs_count: int, cycles_wanted: int) -> None:
+    """Requests per cycle with `jobs_count` watched jobs with cards, CARD_RUNNING of them running."""
+    goal = math.ceil(jobs_count / 100) + 1 + CARD_RUNNING
+    with (
+        fakes() as (openai, slack),
+        tempfile.TemporaryDirectory(prefix=f"bench-cards-{kind}-") as tmp,
+        database(kind, Path(tmp)) as db_url,
+    ):
+        log(f"poll/{kind}: {jobs_count} watched jobs with cards, {CARD_RUNNING} running")
+        jobs = seed_jobs(openai, jobs_count - CARD_RUNNING, status="queued")
+        jobs += seed_jobs(openai, CARD_RUNNING, status="running")
+        for step, job in enumerate(jobs[-CARD_RUNNING:], start=1):
+            data = {"step": step, "total_steps": 100, "train_loss": 1.0}
+            openai.add_event(job["id"], f"Step {step}/100", type="metrics", data=data)
+        seed_watches(db_url, jobs, ["C0001"])
+        engine = sa.create_engine(db_url.replace("postgresql://", "postgresql+psycopg://"))
+        with engine.begin() as conn:  # each watch has a card (its announcement)
+            conn.execute(sa.text("UPDATE finetune_watches SET announcement_ts = '1.0'"))
+        engine.dispose()
+        openai.latency = LATENCY
+        with running_bot(openai, slack, Path(tmp), DATABASE_URL=db_url, POLL_INTERVAL_SECONDS="1") as bot:
+            done = wait_until(lambda: cycle_starts(openai) > cycles_wanted, 30 + 5 * cycles_wanted, bot=bot)
+        if not done:
+            raise FunctionalError(f"poll/{kind}: fewer than {cycles_wanted} poll cycles with cards in time")
+        cycles = poll_cycles(openai.spans)[:cycles_wanted]
+        events = [s for s in openai.spans if s.path.endswith("/events")]
+        running = {j["id"] for j in jobs[-CARD_RUNNING:]}
+        strays = {s.path.split("/")[3] for s in events} - running
+        requests = [c.requests for c in cycles]
+        result.figures[f"{kind}_cards"] = {
+            "watched": jobs_count,
+            "running": CARD_RUNNING,
+            "requests_per_cycle": requests,
+            "events_requests": len(events),
+        }
+        result.row(
+            f"bot with cards, {kind}",
+            f"OpenAI requests per cycle ({jobs_count} watched, {CARD_RUNNING} running)",
+            str(max(requests)),
+            f"≤ {goal}",
+            max(requests) <= goal,
+        )
+        if max(requests) > goal:
+            result.fail(f"{kind}: {max(requests)} OpenAI requests in a cycle with cards, more than {goal}")
+        if strays:
+            result.fail(f"{kind}: events were read for {len(strays)} jobs that are not running")
+        if not events:
+            result.fail(f"{kind}: no events request: the running jobs' cards were not followed")

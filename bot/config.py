@@ -51,6 +51,10 @@ class Settings:
     # After SIGTERM: how long replies, poll cycles and notifications may still take. It covers
     # OpenAI's retry budget (~20 s) and fits Heroku's 30 s before SIGKILL.
     shutdown_grace_seconds: float = 25.0
+    # The live card: each card is edited at most once per this many seconds, and all cards
+    # together at most CARD_EDITS_PER_MINUTE times a minute (chat.update is Tier 3: ~50/minute).
+    card_update_seconds: float = 30.0
+    card_edits_per_minute: int = 40
 
     @property
     def socket_mode(self) -> bool:
@@ -237,5 +241,7 @@ def load_settings(env: Mapping[str, str]) -> Settings | list[str]:
         database_wait_seconds=number("DATABASE_WAIT_SECONDS", 30.0, 0, 600),
         read_access=read_access,
         shutdown_grace_seconds=number("SHUTDOWN_GRACE_SECONDS", 25.0, 0, 3600),
+        card_update_seconds=number("CARD_UPDATE_SECONDS", 30.0, 1, 86_400),
+        card_edits_per_minute=int(number("CARD_EDITS_PER_MINUTE", 40, 1, 50, integer=True)),
     )
     return problems or settings

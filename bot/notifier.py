@@ -19,7 +19,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
@@ -29,6 +29,9 @@ from bot.crash import crash_point
 from bot.models import FineTuningJob
 from bot.runner import CHANNEL_REFUSED
 from bot.store import OutboxItem, Store, Watch
+
+if TYPE_CHECKING:
+    from bot.cards_updater import CardEditor
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +50,9 @@ class Notifier:
         lease_ttl: float,
         concurrency: int = 4,
         clock: Callable[[], float] = time.time,
+        cards: CardEditor | None = None,
     ) -> None:
+        self._cards = cards
         self._store = store
         self._slack = slack
         self._owner = owner
@@ -232,8 +237,12 @@ class Notifier:
         return None
 
     async def _update_announcement(self, watch: Watch, job: FineTuningJob) -> None:
-        """Make the parent message show the final status (best effort: the outcome is already out)."""
+        """Make the parent message (the job's card) show the final state (best effort: the outcome
+        is already out). With a card editor, the edit joins its budget and never waits here."""
         if not watch.announcement_ts:
+            return
+        if self._cards is not None:
+            self._cards.show_final(watch, job)
             return
         if watch.origin == "watch":
             message = render.render_watch_announcement(job, watch.user_id, int(self._clock()))

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from bot import ids
+from bot.cards_updater import CardEditor
 from bot.models import FineTuningJob
 from bot.notifier import Notifier, crash_point
 from bot.openai_client import FineTuningClient, NotFoundError, OpenAIError
@@ -51,7 +52,9 @@ class Poller:
         concurrency: int = 8,
         single_process: bool = False,
         reconcile_creates: Callable[[], Awaitable[int]] | None = None,
+        cards: CardEditor | None = None,
     ) -> None:
+        self._cards = cards
         self._reconcile_creates = reconcile_creates
         self._store = store
         self._openai = openai
@@ -68,16 +71,24 @@ class Poller:
         if self._reconcile_creates is not None:
             # First, so that a half-done create found here is watched in this very cycle.
             await self._reconcile_creates()
+        seen: tuple[list[Watch], StatusReport] | None = None
         try:
-            await self._cycle()
+            seen = await self._cycle()
         except Exception:
             log.exception("poll cycle failed; the next one will try again")
         try:
             await self._notifier.deliver_due()
         except Exception:
             log.exception("delivering notifications failed; the next cycle will try again")
+        if self._cards is not None and seen is not None:
+            # Last: outcomes are queued before any card is read or edited, so cards never delay them.
+            try:
+                watches, report = seen
+                await self._cards.refresh(watches, report.jobs)
+            except Exception:
+                log.exception("updating job cards failed; the next cycle will try again")
 
-    async def _cycle(self) -> None:
+    async def _cycle(self) -> tuple[list[Watch], StatusReport] | None:
         # Heartbeat and leases are measured on the database's clock, not this host's. The heartbeat
         # is written on SQLite too (it records when this process last started a cycle), but there
         # only this process counts as alive.
@@ -88,9 +99,10 @@ class Poller:
             self._store.claim_watches, self._owner, ttl=self._lease_ttl, live_replicas=live
         )
         if not watches:
-            return
+            return None
         report = await self.fetch_statuses(watches)
         await self.apply(watches, report)
+        return watches, report
 
     async def keep_alive(self) -> None:
         """Between long reconciliation cycles: stay counted as alive and keep this replica's leases.

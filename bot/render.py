@@ -440,6 +440,7 @@ def render_events(job_id: str, events: list[JobEvent], has_more: bool, now: int)
 
 
 def _announcement(job: FineTuningJob, user_id: str, now: int) -> tuple[str, list[dict[str, Any]]]:
+    """A job's summary for private notices (no buttons, not edited later)."""
     who = _mention(user_id)
     pairs = [
         ("Model", _code(job.model, NAME_CHARS)),
@@ -454,7 +455,10 @@ def _announcement(job: FineTuningJob, user_id: str, now: int) -> tuple[str, list
 
 
 def render_announcement(job: FineTuningJob, user_id: str, now: int) -> Reply:
-    return _reply(*_announcement(job, user_id, now))
+    """The parent message of a job started from Slack: the live card (bot/card.py)."""
+    from bot.card import render_card  # card builds on this module's pieces
+
+    return render_card(job, user_id, now, origin="create")
 
 
 _NOT_POSTED_REASONS = {
@@ -664,11 +668,11 @@ def render_unfinished(subcommand: str, command: str = "/finetune") -> Reply:
 
 
 def render_watch_announcement(job: FineTuningJob, user_id: str, now: int) -> Reply:
-    """A channel starts following a job started elsewhere: the parent message of its outcome."""
-    _, blocks = _announcement(job, user_id, now)
-    who = _mention(user_id)
-    blocks[0] = _section(f"{who} is following fine-tuning job {_code(job.id)} in this channel")
-    return _reply(f"{who} is following fine-tuning job {_clip(job.id, ID_CHARS)}", blocks)
+    """A channel starts following a job started elsewhere: the parent message of its outcome,
+    also a live card."""
+    from bot.card import render_card  # card builds on this module's pieces
+
+    return render_card(job, user_id, now, origin="watch")
 
 
 def render_already_watching(job_id: str) -> Reply:

@@ -26,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from bot.cards_updater import CardEditor, build_card_client
 from bot.config import Settings
 from bot.http_guard import GuardedH11Protocol, SlackEvents
 from bot.inflight import InFlight
@@ -85,7 +86,16 @@ def build_asgi(settings: Settings, store: Store, identity: BotIdentity | None = 
         # SQLite means one process: leases left by a killed predecessor are ours to take now.
         store.release_all_leases()
     posting_client = build_slack_client(settings, posting=True)
-    notifier = Notifier(store, posting_client, owner=owner, lease_ttl=lease_ttl)
+    # Cards are edited through a client of their own, so their 429s never hold up an outcome.
+    cards = CardEditor(
+        store,
+        openai,
+        build_card_client(settings.slack_bot_token, settings.slack_api_url),
+        per_card_seconds=settings.card_update_seconds,
+        per_minute=settings.card_edits_per_minute,
+        concurrency=settings.poll_concurrency,
+    )
+    notifier = Notifier(store, posting_client, owner=owner, lease_ttl=lease_ttl, cards=cards)
     runner = CommandRunner(
         openai,
         posting_client,
@@ -114,6 +124,7 @@ def build_asgi(settings: Settings, store: Store, identity: BotIdentity | None = 
         concurrency=settings.poll_concurrency,
         single_process=single_process,
         reconcile_creates=reconciler.run,
+        cards=cards,
     )
     inflight = InFlight()  # replies owed to users
     polling = InFlight()  # the poll cycle, apart: its end is when our watches can be handed over

@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # libpq waits for the OS (minutes) on a host that drops packets; a poll cycle or a start-up wait
 # should hear "no answer" well before that.
 CONNECT_TIMEOUT_SECONDS = 10
@@ -63,6 +63,11 @@ watches = sa.Table(
     sa.Column("end_reason", sa.String(200), nullable=True),
     sa.Column("lease_owner", sa.String(64), nullable=True),
     sa.Column("lease_expires_at", sa.Float, nullable=True),
+    # The live card (schema 3): what it last showed (bot/card.py card_digest), when it was last
+    # edited, and why editing stopped (the message was deleted, the channel refused the bot).
+    sa.Column("card_digest", sa.String(64), nullable=True),
+    sa.Column("card_edited_at", sa.Float, nullable=True),
+    sa.Column("card_stopped", sa.String(64), nullable=True),
     sa.UniqueConstraint("job_id", "channel_id", name="uq_finetune_watches_job_channel"),
 )
 sa.Index("ix_finetune_watches_active", watches.c.ended_at, watches.c.lease_expires_at)
@@ -134,6 +139,9 @@ pending_creates = sa.Table(
 )
 sa.Index("ix_finetune_pending_creates_state", pending_creates.c.state, pending_creates.c.updated_at)
 
+# Added to finetune_watches by the schema 2 → 3 step.
+CARD_COLUMNS = ("card_digest", "card_edited_at", "card_stopped")
+
 # States of a pending create that still need the bot (see `Store.pending_to_reconcile`).
 OPEN_CREATE_STATES = ("pending", "created")
 
@@ -174,6 +182,9 @@ class Watch:
     last_status: str | None
     ended_at: float | None
     end_reason: str | None
+    card_digest: str | None = None
+    card_edited_at: float | None = None
+    card_stopped: str | None = None
 
     @classmethod
     def from_row(cls, row: Any) -> Watch:
@@ -295,7 +306,20 @@ class Store:
             elif current < SCHEMA_VERSION:
                 # One step per version. 1 → 2 added finetune_pending_creates, which `create_all`
                 # above has just created (it only adds what is missing): nothing to alter.
+                # 2 → 3 adds the card columns to finetune_watches (create_all never alters a table).
+                if current < 3:
+                    self._add_missing_columns(conn, watches, CARD_COLUMNS)
                 conn.execute(schema_info.update().values(version=SCHEMA_VERSION))
+
+    def _add_missing_columns(self, conn: Connection, table: sa.Table, names: Sequence[str]) -> None:
+        """ALTER TABLE … ADD COLUMN for each nullable column the table lacks (in place: rows kept)."""
+        present = {c["name"] for c in sa.inspect(conn).get_columns(table.name)}
+        for name in names:
+            if name in present:
+                continue
+            column = table.c[name]
+            kind = column.type.compile(dialect=conn.dialect)
+            conn.execute(sa.text(f'ALTER TABLE {table.name} ADD COLUMN "{name}" {kind}'))
 
     def retire(self, owner: str) -> int:
         """On shutdown: hand this replica's watches back and stop counting it as alive, so the
@@ -485,6 +509,33 @@ class Store:
             return
         with self._tx() as conn:
             conn.execute(watches.update().where(watches.c.id.in_(watch_ids)).values(last_status=status))
+
+    # -- cards -----------------------------------------------------------------------------------
+
+    def card_edited(self, watch_id: int, digest: str, now: float | None = None) -> None:
+        """The card now shows `digest` (a restart then does not edit it again)."""
+        now = time.time() if now is None else now
+        with self._tx() as conn:
+            conn.execute(
+                watches.update()
+                .where(watches.c.id == watch_id)
+                .values(card_digest=digest, card_edited_at=now)
+            )
+
+    def card_shown(self, digests: dict[int, str]) -> None:
+        """Record what cards show without an edit (the announcement already showed it)."""
+        if not digests:
+            return
+        with self._tx() as conn:
+            for watch_id, digest in digests.items():
+                conn.execute(watches.update().where(watches.c.id == watch_id).values(card_digest=digest))
+
+    def stop_card(self, watch_id: int, reason: str) -> None:
+        """Never edit this card again (deleted message, refused channel); the outcome still posts."""
+        with self._tx() as conn:
+            conn.execute(
+                watches.update().where(watches.c.id == watch_id).values(card_stopped=reason[:64])
+            )
 
     def heartbeat(self, replica_id: str, now: float | None = None, ttl: float = 60.0) -> int:
         """Record that this replica is alive; returns how many replicas are. `now` defaults to

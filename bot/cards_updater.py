@@ -1,0 +1,308 @@
+"""Keep every job's card (its announcement message) current, within Slack's `chat.update` budget.
+
+Each poll cycle hands over the watches it claimed and the jobs it learned. For a running job this
+reads the newest page of its events (one request, `limit` small); jobs not running cost nothing.
+What each card would show is fingerprinted (`card.card_digest`); only a changed card is edited, at
+most once per CARD_UPDATE_SECONDS, and all cards together at most CARD_EDITS_PER_MINUTE a minute
+(Tier 3 is about 50). A 429 pauses card edits for its Retry-After — cards only: outcomes go
+through the notifier's own client and queue. A card Slack will not let us edit (deleted message,
+refused channel) is never tried again; the job's outcome still posts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+
+from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry.builtin_async_handlers import (
+    AsyncConnectionErrorRetryHandler,
+    AsyncServerErrorRetryHandler,
+)
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.card import Candidate, Progress, card_digest, cards_to_edit, progress_from_events, render_card
+from bot.models import FineTuningJob
+from bot.openai_client import FineTuningClient, OpenAIError
+from bot.runner import CHANNEL_REFUSED
+from bot.store import Store, Watch
+
+log = logging.getLogger(__name__)
+
+# The newest page only: the latest metrics event and a few before it (for the step rate).
+EVENTS_LIMIT = 10
+# Slack's answers meaning "this card can never be edited again".
+STOP_EDITING = frozenset({"message_not_found", "cant_update_message", "edit_window_closed"}) | frozenset(
+    CHANNEL_REFUSED
+)
+
+
+def build_card_client(token: str, base_url: str) -> AsyncWebClient:
+    """A client of its own for card edits: no built-in rate-limit retry (a 429 pauses the card
+    editor, it must not sleep inside a request), but connection and 5xx retries, harmless for an
+    edit that sets the same content twice."""
+    return AsyncWebClient(
+        token=token,
+        base_url=base_url,
+        timeout=10,
+        retry_handlers=[
+            AsyncConnectionErrorRetryHandler(max_retry_count=2),
+            AsyncServerErrorRetryHandler(max_retry_count=1),
+        ],
+    )
+
+
+class EditBudget:
+    """At most `per_minute` edits in any sliding minute."""
+
+    def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self._per_minute = per_minute
+        self._clock = clock
+        self._spent: collections.deque[float] = collections.deque()
+        self.paused_until = 0.0
+
+    def available(self) -> int:
+        now = self._clock()
+        if now < self.paused_until:
+            return 0
+        while self._spent and self._spent[0] <= now - 60.0:
+            self._spent.popleft()
+        return max(0, self._per_minute - len(self._spent))
+
+    def spend(self) -> None:
+        self._spent.append(self._clock())
+
+    def pause(self, seconds: float) -> None:
+        self.paused_until = max(self.paused_until, self._clock() + seconds)
+
+
+@dataclass(frozen=True)
+class _Wanted:
+    watch: Watch
+    job: FineTuningJob
+    progress: Progress | None
+    candidate: Candidate
+
+
+class CardEditor:
+    def __init__(
+        self,
+        store: Store,
+        openai: FineTuningClient,
+        slack: AsyncWebClient,
+        *,
+        per_card_seconds: float,
+        per_minute: int,
+        concurrency: int = 8,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._store = store
+        self._openai = openai
+        self._slack = slack
+        self._per_card_seconds = per_card_seconds
+        self._budget = EditBudget(per_minute, monotonic)
+        self._semaphore = asyncio.Semaphore(concurrency)
+        self._clock = clock
+        self._wanted: dict[int, _Wanted] = {}
+        self._lock = asyncio.Lock()
+        self._again = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- what the cards should show -------------------------------------------------------------
+
+    async def refresh(self, watches: Iterable[Watch], jobs: dict[str, FineTuningJob]) -> None:
+        """After a poll cycle: `watches` as claimed (before this cycle's status was recorded),
+        `jobs` what OpenAI said. Ended jobs are left to `show_final`."""
+        live = [
+            w
+            for w in watches
+            if w.announcement_ts
+            and not w.card_stopped
+            and w.ended_at is None
+            and w.job_id in jobs
+            and not jobs[w.job_id].is_terminal
+        ]
+        running = {w.job_id for w in live if jobs[w.job_id].status == "running"}
+        progress = await self._read_progress(running)
+        unchanged: dict[int, str] = {}
+        for watch in live:
+            job = jobs[watch.job_id]
+            if job.status == "running" and job.id not in progress:
+                continue  # its events could not be read: keep the card as it is this cycle
+            current = progress.get(job.id)
+            digest = card_digest(job, current)
+            status_changed = job.status != watch.last_status
+            if watch.card_digest is None and not status_changed and current is None:
+                # Never edited, and the announcement already shows this status: nothing to do.
+                unchanged[watch.id] = digest
+                continue
+            self._want(watch, job, current, digest, status_changed=status_changed, final=False)
+        if unchanged:
+            await asyncio.to_thread(self._store.card_shown, unchanged)
+        await self.flush()
+
+    def show_final(self, watch: Watch, job: FineTuningJob) -> None:
+        """The job ended and its outcome is out: edit its card to the final state, first in line
+        but within the budget. Does not wait for Slack."""
+        if not watch.announcement_ts or watch.card_stopped:
+            return
+        self._want(watch, job, None, card_digest(job, None), status_changed=True, final=True)
+        task = asyncio.create_task(self.flush())
+        self._tasks.add(task)  # keep a reference until it is done
+        task.add_done_callback(self._tasks.discard)
+
+    def _want(
+        self,
+        watch: Watch,
+        job: FineTuningJob,
+        progress: Progress | None,
+        digest: str,
+        *,
+        status_changed: bool,
+        final: bool,
+    ) -> None:
+        earlier = self._wanted.get(watch.id)
+        if earlier is not None:
+            if earlier.candidate.final and not final:
+                return  # a late running snapshot never replaces the final card
+            # A status change still waiting for the budget keeps its place in the queue.
+            status_changed = status_changed or (
+                earlier.candidate.status_changed and earlier.job.status == job.status
+            )
+        shown = watch.card_digest
+        edited = watch.card_edited_at
+        if earlier is not None and earlier.candidate.last_edited_at is not None:
+            # Attempted since this watch was read from the database (a failed edit counts too).
+            edited = max(edited or 0.0, earlier.candidate.last_edited_at)
+            shown = earlier.candidate.shown_digest
+        if digest == shown:
+            self._wanted.pop(watch.id, None)
+            return
+        candidate = Candidate(watch.id, digest, shown, edited, status_changed, final)
+        self._wanted[watch.id] = _Wanted(watch, job, progress, candidate)
+
+    async def _read_progress(self, job_ids: set[str]) -> dict[str, Progress | None]:
+        """One `GET /fine_tuning/jobs/{id}/events?limit=…` per running job (newest page only)."""
+        found: dict[str, Progress | None] = {}
+
+        async def read(job_id: str) -> None:
+            async with self._semaphore:
+                try:
+                    page = await self._openai.list_events(job_id, limit=EVENTS_LIMIT)
+                except OpenAIError as error:
+                    log.warning("reading events of %s failed (%s); its card waits", job_id, error.status)
+                    return
+                except Exception:
+                    log.exception("reading events of %s failed; its card waits", job_id[:100])
+                    return
+            found[job_id] = progress_from_events(page.data)
+
+        await asyncio.gather(*(read(job_id) for job_id in sorted(job_ids)))
+        return found
+
+    # -- editing --------------------------------------------------------------------------------
+
+    async def flush(self) -> None:
+        """Edit what is due now, within the budget. Never raises."""
+        if self._lock.locked():
+            self._again = True  # the running flush takes another look before it ends
+            return
+        async with self._lock:
+            while True:
+                self._again = False
+                try:
+                    await self._flush_once()
+                except Exception:
+                    log.exception("editing cards failed; the next cycle will try again")
+                if not self._again:
+                    break
+
+    async def wait_idle(self, timeout: float) -> None:
+        """For shutdown and tests: let started final edits finish (bounded)."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=timeout)
+
+    async def _flush_once(self) -> None:
+        picks = cards_to_edit(
+            [w.candidate for w in self._wanted.values()],
+            now=self._clock(),
+            per_card_seconds=self._per_card_seconds,
+            budget=self._budget.available(),
+        )
+        for pick in picks:
+            wanted = self._wanted.get(pick.key)
+            if wanted is None or wanted.candidate is not pick:
+                continue  # replaced meanwhile: the next flush sees the newer one
+            if not await self._edit(wanted):
+                break  # rate-limited: every card waits
+
+    async def _edit(self, wanted: _Wanted) -> bool:
+        """Edit one card; False when Slack says to slow down."""
+        watch, now = wanted.watch, self._clock()
+        reply = render_card(
+            wanted.job, watch.user_id, int(now), progress=wanted.progress, origin=watch.origin
+        )
+        assert watch.announcement_ts is not None
+        self._budget.spend()
+        try:
+            await self._slack.chat_update(
+                channel=watch.channel_id, ts=watch.announcement_ts, **reply.as_kwargs()
+            )
+        except SlackApiError as error:
+            return await self._edit_failed(wanted, error, now)
+        except Exception:
+            log.warning("editing the card of %s failed; will retry", watch.job_id[:100], exc_info=True)
+            self._tried(wanted, now)
+            return True
+        await asyncio.to_thread(self._store.card_edited, watch.id, wanted.candidate.digest, now)
+        if self._wanted.get(watch.id) is wanted:
+            del self._wanted[watch.id]
+        else:
+            # A newer state arrived during the edit: it now compares against what was just shown.
+            newer = self._wanted[watch.id]
+            candidate = replace(newer.candidate, shown_digest=wanted.candidate.digest, last_edited_at=now)
+            self._wanted[watch.id] = replace(newer, candidate=candidate)
+        return True
+
+    async def _edit_failed(self, wanted: _Wanted, error: SlackApiError, now: float) -> bool:
+        watch = wanted.watch
+        reason = str(error.response.get("error") or "unknown_error")
+        if error.response.status_code == 429:
+            headers = {k.lower(): v for k, v in (error.response.headers or {}).items()}
+            retry_after = _seconds(headers.get("retry-after"))
+            log.warning("chat.update is rate-limited; card edits wait %.0f s", retry_after)
+            self._budget.pause(retry_after)
+            return False
+        if reason in STOP_EDITING:
+            log.info(
+                "the card of %s in %s cannot be edited (%s); not trying again",
+                watch.job_id,
+                watch.channel_id,
+                reason,
+            )
+            await asyncio.to_thread(self._store.stop_card, watch.id, reason)
+            if self._wanted.get(watch.id) is wanted:
+                del self._wanted[watch.id]
+            return True
+        log.warning("editing the card of %s failed (%s); will retry", watch.job_id[:100], reason)
+        self._tried(wanted, now)
+        return True
+
+    def _tried(self, wanted: _Wanted, now: float) -> None:
+        """A failed edit still waits its per-card interval before the next try."""
+        current = self._wanted.get(wanted.watch.id)
+        if current is not None and not current.candidate.final:
+            candidate = replace(current.candidate, last_edited_at=now)
+            self._wanted[wanted.watch.id] = replace(current, candidate=candidate)
+
+
+def _seconds(value: object) -> float:
+    try:
+        return max(1.0, min(300.0, float(str(value))))
+    except ValueError:
+        return 1.0
