@@ -205,6 +205,28 @@ class CardEditor:
         await asyncio.gather(*(read(job_id) for job_id in sorted(job_ids)))
         return found
 
+    async def show_now(self, watch: Watch, job: FineTuningJob) -> bool:
+        """A Refresh click: read the progress and edit this card now (counted in the budget, not
+        held to the per-card interval). True when what the card shows changed. Slack's refusal
+        is raised to the caller, who tells the clicker."""
+        progress = (await self._read_progress({job.id})).get(job.id) if job.status == "running" else None
+        digest = card_digest(job, progress)
+        if watch.card_digest is None:
+            # Never edited: the announcement shows the status it was posted with, and no progress.
+            changed = job.status != watch.last_status or progress is not None
+        else:
+            changed = digest != watch.card_digest
+        now = self._clock()
+        reply = render_card(job, watch.user_id, int(now), progress=progress, origin=watch.origin)
+        assert watch.announcement_ts is not None
+        self._budget.spend()
+        await self._slack.chat_update(channel=watch.channel_id, ts=watch.announcement_ts, **reply.as_kwargs())
+        await asyncio.to_thread(self._store.card_edited, watch.id, digest, now)
+        wanted = self._wanted.get(watch.id)
+        if wanted is not None and wanted.candidate.digest == digest and not wanted.candidate.final:
+            del self._wanted[watch.id]  # this click already showed it
+        return changed
+
     # -- editing --------------------------------------------------------------------------------
 
     async def flush(self) -> None:

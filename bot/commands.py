@@ -15,10 +15,14 @@ from bot import ids
 
 LIST_DEFAULT_LIMIT = 10
 EVENTS_DEFAULT_LIMIT = 20
+CHECKPOINTS_DEFAULT_LIMIT = 10
 MAX_LIMIT = 100
 MAX_SEED = 2_147_483_647
 MAX_SUFFIX = 64
 METHODS = ("supervised", "dpo")
+# What `list status=` accepts: the spec's statuses plus `paused`, which OpenAI returns but the
+# spec's enum does not list yet.
+LIST_STATUSES = ("validating_files", "queued", "running", "paused", "succeeded", "failed", "cancelled")
 
 # Base models (`gpt-4o-mini-2024-07-18`) and fine-tuned ones (`ft:gpt-4o-mini:acme:support:abc123`).
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
@@ -55,6 +59,22 @@ class CreateCommand:
 @dataclass(frozen=True)
 class ListCommand:
     limit: int = LIST_DEFAULT_LIMIT
+    status: str | None = None  # filtered on our side: the API's list has no status filter
+    mine: bool = False  # only jobs the person asking started from Slack (metadata `slack_user`)
+    after: str | None = None  # the API's cursor: list jobs older than this one (the Next page button)
+
+    def as_text(self) -> str:
+        """The command that lists this page again: the Next page button carries it (re-parsed on
+        click, so a forged value can ask for nothing a typed command could not)."""
+        parts = ["list"]
+        if self.mine:
+            parts.append("mine")
+        if self.status:
+            parts.append(f"status={self.status}")
+        parts.append(f"limit={self.limit}")
+        if self.after:
+            parts.append(f"after={self.after}")
+        return " ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -71,6 +91,22 @@ class EventsCommand:
 @dataclass(frozen=True)
 class CancelCommand:
     job_id: str
+
+
+@dataclass(frozen=True)
+class PauseCommand:
+    job_id: str
+
+
+@dataclass(frozen=True)
+class ResumeCommand:
+    job_id: str
+
+
+@dataclass(frozen=True)
+class CheckpointsCommand:
+    job_id: str
+    limit: int = CHECKPOINTS_DEFAULT_LIMIT
 
 
 @dataclass(frozen=True)
@@ -92,6 +128,9 @@ Command = (
     | GetCommand
     | EventsCommand
     | CancelCommand
+    | PauseCommand
+    | ResumeCommand
+    | CheckpointsCommand
     | WatchCommand
     | UnwatchCommand
 )
@@ -109,20 +148,27 @@ class ParseError:
 USAGE = {
     "create": "create <training-file-id> [model=…] [validation_file=file-…] [suffix=…] [epochs=N|auto] "
     "[batch_size=N|auto] [learning_rate_multiplier=X|auto] [seed=N] [method=supervised|dpo] [beta=X|auto]",
-    "list": "list [limit=N]",
+    "list": "list [mine] [status=running|queued|paused|succeeded|failed|cancelled|validating_files] "
+    "[limit=N]",
     "get": "get <job-id>",
     "events": "events <job-id> [limit=N]",
     "cancel": "cancel <job-id>",
+    "pause": "pause <job-id>",
+    "resume": "resume <job-id>",
+    "checkpoints": "checkpoints <job-id> [limit=N]",
     "watch": "watch [<job-id>]",
     "unwatch": "unwatch <job-id>",
 }
 
 EXAMPLES = {
     "create": "create file-abc123 model=gpt-4o-mini-2024-07-18 suffix=support epochs=3",
-    "list": "list limit=20",
+    "list": "list mine status=running limit=20",
     "get": "get ftjob-abc123",
     "events": "events ftjob-abc123 limit=50",
     "cancel": "cancel ftjob-abc123",
+    "pause": "pause ftjob-abc123",
+    "resume": "resume ftjob-abc123",
+    "checkpoints": "checkpoints ftjob-abc123 limit=5",
     "watch": "watch ftjob-abc123",
     "unwatch": "unwatch ftjob-abc123",
 }
@@ -140,6 +186,11 @@ _ALIASES = {
     "events": "events",
     "logs": "events",
     "cancel": "cancel",
+    "pause": "pause",
+    "resume": "resume",
+    "unpause": "resume",
+    "checkpoints": "checkpoints",
+    "ckpt": "checkpoints",
     "watch": "watch",
     "follow": "watch",
     "unwatch": "unwatch",
@@ -174,17 +225,11 @@ def parse_command(text: str, *, default_model: str) -> Command | ParseError:
     if name == "create":
         return _parse_create(args, default_model)
     if name == "list":
-        positional, options = _split(args, name, ("limit",))
-        if isinstance(options, ParseError):
-            return options
-        if positional:
-            return _unexpected(positional, name)
-        limit = _parse_limit(options, LIST_DEFAULT_LIMIT, name)
-        return limit if isinstance(limit, ParseError) else ListCommand(limit=limit)
+        return _parse_list(args)
     if name == "watch" and not args:
         return WatchCommand()
-    # get / events / cancel / watch / unwatch all take one job id.
-    allowed = ("limit",) if name == "events" else ()
+    # get / events / cancel / pause / resume / checkpoints / watch / unwatch all take one job id.
+    allowed = ("limit",) if name in ("events", "checkpoints") else ()
     positional, options = _split(args, name, allowed)
     if isinstance(options, ParseError):
         return options
@@ -195,12 +240,48 @@ def parse_command(text: str, *, default_model: str) -> Command | ParseError:
         return GetCommand(job_id)
     if name == "cancel":
         return CancelCommand(job_id)
+    if name == "pause":
+        return PauseCommand(job_id)
+    if name == "resume":
+        return ResumeCommand(job_id)
+    if name == "checkpoints":
+        limit = _parse_limit(options, CHECKPOINTS_DEFAULT_LIMIT, name)
+        return limit if isinstance(limit, ParseError) else CheckpointsCommand(job_id, limit)
     if name == "watch":
         return WatchCommand(job_id)
     if name == "unwatch":
         return UnwatchCommand(job_id)
     limit = _parse_limit(options, EVENTS_DEFAULT_LIMIT, name)
     return limit if isinstance(limit, ParseError) else EventsCommand(job_id, limit)
+
+
+def _parse_list(args: list[str]) -> ListCommand | ParseError:
+    positional, options = _split(args, "list", ("limit", "status", "after"))
+    if isinstance(options, ParseError):
+        return options
+    mine = False
+    for word in positional:
+        if word.lower() != "mine" or mine:
+            return _unexpected([word], "list")
+        mine = True
+    limit = _parse_limit(options, LIST_DEFAULT_LIMIT, "list")
+    if isinstance(limit, ParseError):
+        return limit
+    status = options.get("status")
+    if status is not None:
+        status = status.lower().replace("-", "_")
+        if status == "canceled":  # the American spelling people type; OpenAI's is `cancelled`
+            status = "cancelled"
+        if status not in LIST_STATUSES:
+            valid = ", ".join(f"`{s}`" for s in LIST_STATUSES)
+            return ParseError(
+                f"`status` must be one of {valid}, not `{_echo(options['status'])}`.", usage=USAGE["list"]
+            )
+    after = options.get("after")
+    if after is not None and not ids.is_job_id(after):
+        message = f"`after` must be a job id like `ftjob-abc123`, not `{_echo(after)}`."
+        return ParseError(message, usage=USAGE["list"])
+    return ListCommand(limit=limit, status=status, mine=mine, after=after)
 
 
 def _tokenize(text: str) -> list[str]:

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from bot import buttons
 from bot.commands import EXAMPLES, USAGE, ParseError
 from bot.logs import redact_value
-from bot.models import FineTuningJob, JobEvent
+from bot.models import Checkpoint, FineTuningJob, JobEvent
 from bot.openai_client import (
     AuthenticationError,
     BadRequestError,
@@ -63,6 +64,9 @@ _DESCRIPTIONS = {
     "get": "show one job",
     "events": "show a job's events",
     "cancel": "cancel a job",
+    "pause": "pause a running job",
+    "resume": "resume a paused job",
+    "checkpoints": "list a job's checkpoints (their model names can be used like any model)",
     "watch": "follow a job's outcome in this channel (no id: list what this channel follows)",
     "unwatch": "stop following a job here",
 }
@@ -326,6 +330,8 @@ def render_job(job: FineTuningJob, now: int) -> Reply:
     if job.metadata:
         lines = ["*Metadata*"] + [f"{_code(k, 64)} {_clip(v, 200)}" for k, v in job.metadata.items()]
         blocks += [_section(chunk) for chunk in _chunk(lines)]
+    # The buttons come last and must survive the cut to MAX_BLOCKS.
+    blocks = [*blocks[: MAX_BLOCKS - 1], buttons.job_actions(job)]
     text = f"Fine-tuning job {_clip(job.id, ID_CHARS)}: {status_label(job.status)}"
     return _reply(text, blocks)
 
@@ -359,21 +365,39 @@ def _hidden_note(hidden: int, policy: str | None) -> str:
 
 
 def render_job_list(
-    jobs: list[FineTuningJob], has_more: bool, now: int, *, hidden: int = 0, policy: str | None = None
+    jobs: list[FineTuningJob],
+    has_more: bool,
+    now: int,
+    *,
+    hidden: int = 0,
+    policy: str | None = None,
+    next_page: str | None = None,
+    filter_note: str | None = None,
 ) -> Reply:
-    """`hidden`: how many jobs of the page the reader may not see (counted, never named)."""
+    """`hidden`: how many jobs of the page the reader may not see (counted, never named).
+    `next_page`: the list command behind a Next page button; `filter_note`: how the list was
+    filtered, said plainly (e.g. that a status filter ran on our side)."""
     if not jobs:
-        text = "No fine-tuning jobs yet."
+        text = "No fine-tuning jobs yet." if filter_note is None else "No fine-tuning jobs match."
         if hidden:
             text = f"No fine-tuning jobs you can see here. {_hidden_note(hidden, policy)}"
-        return _reply(text, [_section(text)])
+        blocks = [_section(text)]
+        if filter_note:
+            blocks.append(_context(filter_note))
+        if next_page:
+            blocks.append(buttons.list_actions(next_page))
+        return _reply(text, blocks)
     chunks = _chunk(_job_line(job, now) for job in jobs)
-    # Header and the closing context take two blocks; newest jobs come first, so keep the front.
-    shown = chunks[: MAX_BLOCKS - 2]
+    # Header, the closing context and the button take three blocks; newest jobs come first.
+    shown = chunks[: MAX_BLOCKS - 3]
     blocks = [_header("Fine-tuning jobs"), *(_section(chunk) for chunk in shown)]
     fetched = len(jobs) + hidden
-    notes = []
-    if has_more or len(shown) < len(chunks):
+    notes = [filter_note] if filter_note else []
+    if next_page and len(shown) < len(chunks):
+        notes.append(f"Showing the most recent of {_plural(len(jobs), 'job')}; Next page goes on from here.")
+    elif next_page:
+        notes.append("*Next page* shows older jobs.")
+    elif has_more or len(shown) < len(chunks):
         if fetched >= 100 or len(shown) < len(chunks):
             note = f"Showing the most recent of {_plural(len(jobs), 'job')}; older ones are not listed here."
         else:
@@ -383,6 +407,8 @@ def render_job_list(
         notes.append(_hidden_note(hidden, policy))
     if notes:
         blocks.append(_context(" ".join(notes)))
+    if next_page:
+        blocks.append(buttons.list_actions(next_page))
     return _reply(f"{_plural(len(jobs), 'fine-tuning job')}", blocks)
 
 
@@ -434,6 +460,95 @@ def render_events(job_id: str, events: list[JobEvent], has_more: bool, now: int)
             note = f"Showing {_most_recent(len(events), 'event')}; use `limit=` for more (max 100)."
         blocks.append(_context(note))
     return _reply(f"{_plural(len(events), 'event')} of {_clip(job_id, ID_CHARS)}", blocks)
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+
+
+def _checkpoint_line(checkpoint: Checkpoint) -> str:
+    step = checkpoint.step_number
+    parts = [f"*Step {step}*" if step is not None else "*Step ?*"]
+    metrics = dict(checkpoint.metrics)
+    metrics.pop("step", None)  # already the headline
+    shown = _metrics_text(metrics)
+    if shown:
+        parts.append(shown)
+    more = (("valid_mean_token_accuracy", "valid accuracy"), ("full_valid_loss", "full valid loss"))
+    for key, label in more:
+        number = _number(metrics.get(key))
+        if number is not None:
+            parts.append(f"{label} {number}")
+    if checkpoint.created_at is not None:
+        parts.append(date_token(checkpoint.created_at, "{date_short} {time}"))
+    # A code span on its own line: one click selects the whole model name to copy.
+    return " · ".join(parts) + "\n" + _code(checkpoint.fine_tuned_model_checkpoint, NAME_CHARS + 50)
+
+
+def render_checkpoints(job_id: str, checkpoints: list[Checkpoint], has_more: bool) -> Reply:
+    header = _header(f"Checkpoints of {job_id}")
+    if not checkpoints:
+        text = f"No checkpoints yet for {_code(job_id)}: OpenAI saves them as training goes on."
+        return _reply(f"No checkpoints yet for {_clip(job_id, ID_CHARS)}.", [header, _section(text)])
+    # Newest first, as OpenAI sends them: the latest checkpoint is the one people usually want.
+    chunks = _chunk(_checkpoint_line(c) for c in checkpoints)
+    shown = chunks[: MAX_BLOCKS - 2]
+    blocks = [header, *(_section(chunk) for chunk in shown)]
+    note = "A checkpoint's model name works anywhere a model name does (chat completions, a new `create`)."
+    if has_more or len(shown) < len(chunks):
+        note += " Older checkpoints are not listed; use `limit=` for more (max 100)."
+    blocks.append(_context(note))
+    return _reply(f"{_plural(len(checkpoints), 'checkpoint')} of {_clip(job_id, ID_CHARS)}", blocks)
+
+
+# ---------------------------------------------------------------------------------------------- actions
+
+# action → (emoji, what was asked, the status it needs to make sense, said as "nothing to …")
+_ACTIONS = {
+    "cancel": (":no_entry_sign:", "Cancellation requested", "cancel"),
+    "pause": (":double_vertical_bar:", "Pause requested", "pause"),
+    "resume": (":arrow_forward:", "Resume requested", "resume"),
+}
+
+
+def render_action_requested(job: FineTuningJob, action: str, now: int) -> Reply:
+    """Cancel, pause or resume went through: the job's status as OpenAI now reports it."""
+    if action == "cancel":
+        return render_cancel_requested(job, now)
+    emoji, headline, _ = _ACTIONS[action]
+    blocks = [
+        _section(f"{emoji} {headline} for {_code(job.id)}\nStatus now: {_status(job.status)}"),
+        _context(f"`/finetune get {_clip(job.id, ID_CHARS)}` shows the latest."),
+    ]
+    return _reply(f"{headline} for {_clip(job.id, ID_CHARS)}", blocks)
+
+
+def render_action_not_applicable(job: FineTuningJob, action: str) -> Reply:
+    """A click on a stale card (or a command) asking for what the job's status no longer allows:
+    its current state, not an error."""
+    verb = _ACTIONS.get(action, ("", "", "change"))[2]
+    if job.is_terminal:
+        why = "it has already ended"
+    elif action == "pause":
+        why = "only a running job can be paused"
+    elif action == "resume":
+        why = "only a paused job can be resumed"
+    else:
+        why = "its status does not allow it"
+    text = f"Nothing to {verb}: {_code(job.id)} is {_status(job.status)} now ({why})."
+    plain = f"Nothing to {verb}: {_clip(job.id, ID_CHARS)} is {status_label(job.status)}"
+    return _reply(plain, [_section(text)])
+
+
+def render_card_unchanged(job: FineTuningJob) -> Reply:
+    """Refresh found nothing new: say so, or the click looks ignored."""
+    text = f":arrows_counterclockwise: Nothing has changed: {_code(job.id)} is still {_status(job.status)}."
+    return _reply(f"{_clip(job.id, ID_CHARS)} is still {status_label(job.status)}", [_section(text)])
+
+
+def render_button_broken() -> Reply:
+    """A click whose value is not what the bot put there (forged, or from a much older version)."""
+    text = ":warning: That button no longer works. Run the `/finetune` command instead (`/finetune help`)."
+    return _reply(text, [_section(text)])
 
 
 # ---------------------------------------------------------------------------------------------- announcements

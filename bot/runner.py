@@ -14,7 +14,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,17 +34,20 @@ from bot.access import (
 )
 from bot.commands import (
     CancelCommand,
+    CheckpointsCommand,
     Command,
     CreateCommand,
     EventsCommand,
     GetCommand,
     HelpCommand,
     ListCommand,
+    PauseCommand,
+    ResumeCommand,
     UnwatchCommand,
     WatchCommand,
 )
 from bot.crash import crash_point
-from bot.models import FineTuningJob
+from bot.models import TERMINAL_STATUSES, FineTuningJob
 from bot.openai_client import (
     IDEMPOTENCY_KEY,
     FineTuningClient,
@@ -62,6 +65,33 @@ CHANNEL_REFUSED = frozenset({"not_in_channel", "channel_not_found", "is_archived
 # Slack message metadata on a create's announcement, carrying its key: after a crash between the
 # post and writing it down, the reconciliation finds the message instead of posting it twice.
 ANNOUNCEMENT_EVENT = "finetune_announcement"
+# `list status=…`: OpenAI's list has no status filter, so whole pages are read and filtered here,
+# at most this many per list, so that a rare status cannot cost an unbounded number of requests.
+LIST_PAGE_SIZE = 100
+LIST_FILTER_REQUESTS = 3
+# The status each action needs (anything else: answer with the job's current state instead).
+ACTION_NEEDS: dict[str, Callable[[str], bool]] = {
+    "cancel": lambda status: status not in TERMINAL_STATUSES,
+    "pause": lambda status: status == "running",
+    "resume": lambda status: status == "paused",
+}
+
+
+@dataclass(frozen=True)
+class ActionResult:
+    """What a cancel/pause/resume came to: the private reply, and the job as it now stands when
+    the action was carried out (so a button's card can be brought up to date)."""
+
+    reply: render.Reply
+    job: FineTuningJob | None = None
+
+
+@dataclass(frozen=True)
+class ListResult:
+    jobs: list[FineTuningJob]
+    hidden: int
+    next_after: str | None  # where the next page starts, None when there is none
+    examined: int
 
 
 @dataclass(frozen=True)
@@ -146,6 +176,10 @@ def invocation_of(pending: PendingCreate) -> Invocation:
     )
 
 
+# Redraw a job's card now (a Refresh click); True when what it shows changed.
+ShowCard = Callable[[Watch, FineTuningJob], Awaitable[bool]]
+
+
 class CommandRunner:
     def __init__(
         self,
@@ -157,8 +191,12 @@ class CommandRunner:
         read_access: ReadAccess = DEFAULT_READ_ACCESS,
         clock: Callable[[], float] = time.time,
         owner: str = "runner",
+        show_card: ShowCard | None = None,
     ) -> None:
         self._openai = openai
+        # How a Refresh click redraws a card: the live card's editor (progress read fresh) when
+        # there is one; otherwise the announcement is re-rendered as it is.
+        self._show_card = show_card or self._redraw_announcement
         self._slack = slack
         self._store = store
         self._admins = admins
@@ -193,8 +231,8 @@ class CommandRunner:
         match command:
             case HelpCommand():
                 return render.render_help()
-            case ListCommand(limit=limit):
-                return await self._list(limit, invocation)
+            case ListCommand():
+                return await self._list(command, invocation)
             case GetCommand(job_id=job_id):
                 return await self._get(job_id, invocation)
             case EventsCommand(job_id=job_id, limit=limit):
@@ -203,7 +241,16 @@ class CommandRunner:
                 page = await self._openai.list_events(job_id, limit=limit)
                 return render.render_events(job_id, page.data, page.has_more, self._now())
             case CancelCommand(job_id=job_id):
-                return await self._cancel(job_id, invocation)
+                return (await self._act("cancel", job_id, invocation)).reply
+            case PauseCommand(job_id=job_id):
+                return (await self._act("pause", job_id, invocation)).reply
+            case ResumeCommand(job_id=job_id):
+                return (await self._act("resume", job_id, invocation)).reply
+            case CheckpointsCommand(job_id=job_id, limit=limit):
+                if not await self._may_read(job_id, invocation):
+                    return render.render_job_not_found(job_id)
+                checkpoints = await self._openai.list_checkpoints(job_id, limit=limit)
+                return render.render_checkpoints(job_id, checkpoints.data, checkpoints.has_more)
             case CreateCommand():
                 return await self._create(command, invocation)
             case WatchCommand(job_id=None):
@@ -261,28 +308,165 @@ class CommandRunner:
             return render.render_job_not_found(job_id)
         return self._render_job(job, invocation)
 
-    async def _list(self, limit: int, invocation: Invocation) -> render.Reply:
-        page = await self._openai.list_jobs(limit=limit)
-        jobs = page.data
+    async def _readable(
+        self, jobs: list[FineTuningJob], invocation: Invocation
+    ) -> tuple[list[FineTuningJob], int]:
+        """The jobs of a page this reader may see, and how many were left out."""
         reader = self._reader(invocation)
-        if self._read_access is not ReadAccess.ORG and not reader.is_admin:
-            origins = await self._origins([job.id for job in jobs])
-            jobs = [j for j in jobs if may_read(self._read_access, reader, origins[j.id], j.metadata)]
-        hidden = len(page.data) - len(jobs)
+        if self._read_access is ReadAccess.ORG or reader.is_admin or not jobs:
+            return jobs, 0
+        origins = await self._origins([job.id for job in jobs])
+        shown = [j for j in jobs if may_read(self._read_access, reader, origins[j.id], j.metadata)]
+        return shown, len(jobs) - len(shown)
+
+    async def _list(self, command: ListCommand, invocation: Invocation) -> render.Reply:
+        # `mine`: the API filters on the metadata the bot wrote when this person started the job.
+        metadata = {"slack_user": invocation.user_id} if command.mine else None
+        if command.status is None:
+            page = await self._openai.list_jobs(limit=command.limit, after=command.after, metadata=metadata)
+            jobs, hidden = await self._readable(page.data, invocation)
+            found = ListResult(jobs, hidden, page.last_id if page.has_more else None, len(page.data))
+        else:
+            found = await self._list_by_status(command, command.status, metadata, invocation)
+        notes = []
+        if command.mine:
+            notes.append("Only jobs you started from Slack.")
+        if command.status is not None:
+            notes.append(
+                f"Filtered by status on my side (OpenAI's job list has no status filter): "
+                f"I looked through {found.examined} job{'s' if found.examined != 1 else ''}."
+            )
+        next_page = None
+        if found.next_after is not None:
+            next_page = dataclasses.replace(command, after=found.next_after).as_text()
         return render.render_job_list(
-            jobs, page.has_more, self._now(), hidden=hidden, policy=self._read_access.value
+            found.jobs,
+            found.next_after is not None,
+            self._now(),
+            hidden=found.hidden,
+            policy=self._read_access.value,
+            next_page=next_page,
+            filter_note=" ".join(notes) or None,
         )
 
-    async def _cancel(self, job_id: str, invocation: Invocation) -> render.Reply:
+    async def _list_by_status(
+        self, command: ListCommand, status: str, metadata: dict[str, str] | None, invocation: Invocation
+    ) -> ListResult:
+        """Read pages (newest first) until `limit` jobs of this status are found, the jobs run out,
+        or LIST_FILTER_REQUESTS pages were read; the cursor is the last job looked at."""
+        matched: list[FineTuningJob] = []
+        hidden = examined = 0
+        after = command.after
+        for _ in range(LIST_FILTER_REQUESTS):
+            page = await self._openai.list_jobs(limit=LIST_PAGE_SIZE, after=after, metadata=metadata)
+            candidates = [job for job in page.data if job.status == status]
+            visible = {job.id for job in (await self._readable(candidates, invocation))[0]}
+            for index, job in enumerate(page.data):
+                examined += 1
+                if job.status != status:
+                    continue
+                if job.id not in visible:
+                    hidden += 1
+                    continue
+                matched.append(job)
+                if len(matched) == command.limit:
+                    more = index < len(page.data) - 1 or page.has_more
+                    return ListResult(matched, hidden, job.id if more else None, examined)
+            if not page.has_more or page.last_id is None:
+                return ListResult(matched, hidden, None, examined)
+            after = page.last_id
+        return ListResult(matched, hidden, after, examined)
+
+    async def job_action(self, action: str, job_id: str, invocation: Invocation) -> ActionResult:
+        """Cancel, pause or resume (a button): like the command, OpenAI's refusals answered kindly."""
+        try:
+            return await self._act(action, job_id, invocation)
+        except OpenAIError as error:
+            log.warning(
+                "OpenAI refused %s of %s (status=%s code=%s)", action, job_id, error.status, error.code
+            )
+            return ActionResult(render.render_openai_error(error, job_id=job_id, action=f"{action} the job"))
+
+    async def _act(self, action: str, job_id: str, invocation: Invocation) -> ActionResult:
+        """Read policy first, then who may change the job (the starter or an admin), then its
+        current status: nothing is sent to OpenAI for a refused or pointless request."""
         origin = (await self._origins([job_id]))[job_id]
         if not await self._may_read(job_id, invocation, origin):
-            return render.render_job_not_found(job_id)
+            return ActionResult(render.render_job_not_found(job_id))
         if not self._may_cancel(invocation.user_id, origin.starter):
-            log.info("refused cancel of %s by %s (starter %s)", job_id, invocation.user_id, origin.starter)
+            user, starter = invocation.user_id, origin.starter
+            log.info("refused %s of %s by %s (starter %s)", action, job_id, user, starter)
             # Name the starter only to the channel where they started it.
             here = origin.starter_channel == invocation.channel_id
-            return render.render_not_allowed(job_id, "cancel", origin.starter, starter_here=here)
-        return render.render_cancel_requested(await self._openai.cancel_job(job_id), self._now())
+            return ActionResult(render.render_not_allowed(job_id, action, origin.starter, starter_here=here))
+        job = await self._openai.retrieve_job(job_id)
+        if not ACTION_NEEDS[action](job.status):
+            # A stale card or a second click: the job's state now, not OpenAI's 400.
+            return ActionResult(render.render_action_not_applicable(job, action), job)
+        change = {
+            "cancel": self._openai.cancel_job,
+            "pause": self._openai.pause_job,
+            "resume": self._openai.resume_job,
+        }[action]
+        job = await change(job_id)
+        log.info("%s of %s requested by %s", action, job_id, invocation.user_id)
+        return ActionResult(render.render_action_requested(job, action, self._now()), job)
+
+    # -- buttons: reading a job and bringing its card up to date --------------------------------------
+
+    async def read_job(self, job_id: str, invocation: Invocation) -> FineTuningJob | None:
+        """The job, fresh from OpenAI, or None when this reader may not see it (or it is gone)."""
+        origin = (await self._origins([job_id]))[job_id]
+        reader = self._reader(invocation)
+        if decided_by_store(self._read_access, reader, origin) is False:
+            return None
+        try:
+            job = await self._openai.retrieve_job(job_id)
+        except NotFoundError:
+            return None
+        return job if may_read(self._read_access, reader, origin, job.metadata) else None
+
+    def render_get(self, job: FineTuningJob, invocation: Invocation) -> render.Reply:
+        """The `get` reply (with its buttons), with what this reader may not see hidden."""
+        return self._render_job(job, invocation)
+
+    def card_message(self, job: FineTuningJob, watch: Watch) -> render.Reply:
+        """The job's announcement in a channel as it should read now (the card, with its buttons)."""
+        if watch.origin == "create":
+            return render.render_announcement(job, watch.user_id, self._now())
+        return render.render_watch_announcement(job, watch.user_id, self._now())
+
+    async def _redraw_announcement(self, watch: Watch, job: FineTuningJob) -> bool:
+        assert watch.announcement_ts is not None
+        await self._slack.chat_update(
+            channel=watch.channel_id, ts=watch.announcement_ts, **self.card_message(job, watch).as_kwargs()
+        )
+        return watch.last_status != job.status
+
+    async def refresh_card(
+        self, job_id: str, channel_id: str, message_ts: str, user_id: str
+    ) -> render.Reply | None:
+        """Re-read the job and edit its announcement (the clicked message) to match. Returns what
+        to tell the clicker privately: nothing when the card visibly changed."""
+        invocation = Invocation(team_id="", channel_id=channel_id, user_id=user_id)
+        try:
+            job = await self.read_job(job_id, invocation)
+        except OpenAIError as error:
+            return render.render_openai_error(error, job_id=job_id, action="refresh the job")
+        if job is None:
+            return render.render_job_not_found(job_id)
+        watch = await asyncio.to_thread(self._store.get_watch, job_id, channel_id)
+        if watch is None or watch.announcement_ts != message_ts:
+            # Not an announcement the bot knows: show the job privately rather than edit blindly.
+            return self._render_job(job, invocation)
+        try:
+            changed = await self._show_card(watch, job)
+        except SlackApiError as error:
+            log.warning("could not update the card of %s: %s", job_id, error.response.get("error"))
+            return self._render_job(job, invocation)
+        except OpenAIError as error:
+            return render.render_openai_error(error, job_id=job_id, action="refresh the job")
+        return None if changed else render.render_card_unchanged(job)
 
     async def _unwatch(self, job_id: str, invocation: Invocation) -> render.Reply:
         watch = await asyncio.to_thread(self._store.get_watch, job_id, invocation.channel_id)

@@ -103,6 +103,7 @@ def build_asgi(settings: Settings, store: Store, identity: BotIdentity | None = 
         admins=settings.admins,
         read_access=settings.read_access,
         owner=owner,
+        show_card=cards.show_now,
     )
     # Creates left half-done (a crash, a database failure) are finished each cycle: on SQLite every
     # other owner is a dead predecessor; on PostgreSQL a replica's row is taken over once stale.

@@ -487,7 +487,11 @@ def test_help_lists_every_subcommand_with_an_example() -> None:
     ("error", "present", "absent"),
     [
         (ParseError("`list` takes no id."), ["`list` takes no id."], ["Usage:", "create"]),
-        (ParseError("Bad limit.", usage=USAGE["list"]), ["Usage: `/finetune list [limit=N]`"], ["cancel"]),
+        (
+            ParseError("Bad limit.", usage=USAGE["list"]),
+            [f"Usage: `/finetune {render.escape(USAGE['list'])}`"],
+            ["create"],
+        ),
         (
             ParseError("I don't know the command `x`.", show_help=True),
             [render.escape(USAGE["get"]), "cancel"],

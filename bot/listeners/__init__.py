@@ -3,7 +3,8 @@
 from slack_bolt.async_app import AsyncApp
 
 from bot.inflight import InFlight
-from bot.listeners import commands
+from bot.listeners import actions, commands
+from bot.listeners.actions import RefreshCard
 from bot.runner import CommandRunner
 
 
@@ -14,7 +15,12 @@ def register_listeners(
     default_model: str,
     inflight: InFlight,
     allowed_channels: frozenset[str] = frozenset(),
+    refresh_card: RefreshCard | None = None,
 ) -> None:
     commands.register(
         app, runner, default_model=default_model, inflight=inflight, allowed_channels=allowed_channels
+    )
+    # `refresh_card`: how a Refresh click edits a job's card (default: re-render the announcement).
+    actions.register(
+        app, runner, inflight=inflight, allowed_channels=allowed_channels, refresh_card=refresh_card
     )

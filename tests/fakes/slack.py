@@ -12,6 +12,7 @@ import itertools
 import json
 import math
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,6 +43,12 @@ _MAX_FIELD_TEXT = 2000
 _MAX_FIELDS = 10
 _MAX_HEADER_TEXT = 150
 _MAX_BLOCK_ID = 255
+# Interactive elements (FACTS-interactive §6).
+_MAX_ACTIONS_ELEMENTS = 25
+_MAX_BUTTON_TEXT = 75
+_MAX_BUTTON_VALUE = 2000
+_MAX_ACTION_ID = 255
+_CONFIRM_LIMITS = {"title": 100, "text": 300, "confirm": 30, "deny": 30}
 
 
 @dataclass
@@ -448,6 +455,73 @@ class FakeSlack(FakeServer):
             raise AssertionError("no open Socket Mode connection to send the envelope to")
         return envelope["envelope_id"]
 
+    # -- interactivity (block_actions) -----------------------------------------------------------
+
+    def block_actions_payload(
+        self,
+        action_id: str,
+        value: str,
+        *,
+        user_id: str = "U123",
+        channel_id: str = "C123",
+        message_ts: str | None = None,
+        is_ephemeral: bool = False,
+        block_id: str = "job_actions",
+        team_id: str = TEAM_ID,
+        response_url: str | None = None,
+    ) -> dict[str, Any]:
+        """A button click as Slack sends it (FACTS-interactive §4): over HTTP as the form field
+        ``payload=`` (JSON), over Socket Mode as an "interactive" envelope's payload. The clicked
+        message is the recorded one at ``message_ts`` when there is one."""
+        n = next(self._trigger_counter)
+        ts = message_ts or self._next_ts()
+        with self.lock:
+            recorded = next((m for m in self._messages if m.ts == message_ts), None)
+        message: dict[str, Any] = {"type": "message", "ts": ts, "user": BOT_USER_ID, "bot_id": BOT_ID}
+        if recorded is not None:
+            message.update(text=recorded.text or "", blocks=recorded.blocks or [])
+        container: dict[str, Any] = {
+            "type": "message",
+            "message_ts": ts,
+            "channel_id": channel_id,
+            "is_ephemeral": is_ephemeral,
+        }
+        payload: dict[str, Any] = {
+            "type": "block_actions",
+            "user": {"id": user_id, "username": "alice", "name": "alice", "team_id": team_id},
+            "api_app_id": APP_ID,
+            "token": "fake-verification-token",
+            "container": container,
+            "trigger_id": f"{2000000 + n}.{TEAM_ID[1:]}.{uuid.uuid4().hex}",
+            "team": {"id": team_id, "domain": TEAM_DOMAIN},
+            "enterprise": None,
+            "is_enterprise_install": False,
+            "channel": {"id": channel_id, "name": "ml"},
+            "response_url": response_url or self.response_url(),
+            "actions": [
+                {
+                    "action_id": action_id,
+                    "block_id": block_id,
+                    "text": {"type": "plain_text", "text": action_id, "emoji": True},
+                    "value": value,
+                    "type": "button",
+                    "action_ts": f"{time.time():.6f}",
+                }
+            ],
+        }
+        if not is_ephemeral:
+            payload["message"] = message
+        return payload
+
+    @staticmethod
+    def block_actions_form(payload: dict[str, Any]) -> str:
+        """The HTTP body of a click: form-encoded ``payload=<json>`` (sign it like a command)."""
+        return urllib.parse.urlencode({"payload": json.dumps(payload)})
+
+    def send_block_actions(self, action_id: str, value: str, **payload_args: Any) -> str:
+        """A click over Socket Mode (envelope type "interactive"); returns the envelope_id."""
+        return self.send_envelope("interactive", self.block_actions_payload(action_id, value, **payload_args))
+
     def send_slash_command(self, text: str, **payload_args: Any) -> str:
         """send_envelope("slash_commands", slash_command_payload(text, ...)); returns the envelope_id."""
         return self.send_envelope("slash_commands", self.slash_command_payload(text, **payload_args))
@@ -632,6 +706,11 @@ class FakeSlack(FakeServer):
             # Slack only accepts JSON objects on response_url.
             rec.status = 400
             return web.Response(status=400, text="invalid_payload")
+        blocks = parsed.get("blocks")
+        if blocks is not None and (not isinstance(blocks, list) or _block_errors(blocks)):
+            # Slack validates Block Kit here too, and the reply is dropped.
+            rec.status = 400
+            return web.Response(status=400, text="invalid_blocks")
         rec.status = 200
         return web.Response(text="ok")
 
@@ -932,9 +1011,69 @@ def _block_errors(blocks: list[Any]) -> list[str]:
             errors += _text_errors(text, f"{ptr}/text", _MAX_HEADER_TEXT)
         elif kind in ("context", "actions"):
             elements = block.get("elements")
-            limit = 10 if kind == "context" else 25
+            limit = 10 if kind == "context" else _MAX_ACTIONS_ELEMENTS
             if not isinstance(elements, list) or not elements or len(elements) > limit:
                 errors.append(f"must contain between 1 and {limit} elements [json-pointer:{ptr}/elements]")
+            elif kind == "actions":
+                for j, element in enumerate(elements):
+                    errors += _element_errors(element, f"{ptr}/elements/{j}")
+    errors += _duplicate_action_ids(blocks)
+    return errors
+
+
+def _duplicate_action_ids(blocks: list[Any]) -> list[str]:
+    """Slack documents uniqueness per block; we hold the whole message to it (FACTS-interactive §6)."""
+    seen: set[str] = set()
+    errors = []
+    for block in blocks:
+        elements = block.get("elements") if isinstance(block, dict) else None
+        for element in elements if isinstance(elements, list) else []:
+            action_id = element.get("action_id") if isinstance(element, dict) else None
+            if action_id is None:
+                continue
+            if action_id in seen:
+                errors.append(f"action_id '{action_id}' already exists [json-pointer:/blocks]")
+            seen.add(action_id)
+    return errors
+
+
+def _element_errors(element: Any, ptr: str) -> list[str]:
+    if not isinstance(element, dict) or not isinstance(element.get("type"), str):
+        return [f"missing required field: type [json-pointer:{ptr}]"]
+    errors: list[str] = []
+    if len(str(element.get("action_id", ""))) > _MAX_ACTION_ID:
+        errors.append(f"must be less than {_MAX_ACTION_ID + 1} characters [json-pointer:{ptr}/action_id]")
+    if element["type"] != "button":
+        return errors
+    text = element.get("text")
+    if not isinstance(text, dict) or text.get("type") != "plain_text":
+        errors.append(f"must be a plain_text text object [json-pointer:{ptr}/text]")
+    errors += _text_errors(text, f"{ptr}/text", _MAX_BUTTON_TEXT)
+    value = element.get("value")
+    if value is not None and (not isinstance(value, str) or len(value) > _MAX_BUTTON_VALUE):
+        errors.append(f"must be less than {_MAX_BUTTON_VALUE + 1} characters [json-pointer:{ptr}/value]")
+    if element.get("style") not in (None, "primary", "danger"):
+        errors.append(f"must be one of primary, danger [json-pointer:{ptr}/style]")
+    confirm = element.get("confirm")
+    if confirm is not None:
+        errors += _confirm_errors(confirm, f"{ptr}/confirm")
+    return errors
+
+
+def _confirm_errors(confirm: Any, ptr: str) -> list[str]:
+    if not isinstance(confirm, dict):
+        return [f"must be an object [json-pointer:{ptr}]"]
+    errors: list[str] = []
+    for field_name, limit in _CONFIRM_LIMITS.items():
+        obj = confirm.get(field_name)
+        if obj is None:
+            errors.append(f"missing required field: {field_name} [json-pointer:{ptr}]")
+            continue
+        if field_name != "text" and (not isinstance(obj, dict) or obj.get("type") != "plain_text"):
+            errors.append(f"must be a plain_text text object [json-pointer:{ptr}/{field_name}]")
+        errors += _text_errors(obj, f"{ptr}/{field_name}", limit)
+    if confirm.get("style") not in (None, "primary", "danger"):
+        errors.append(f"must be one of primary, danger [json-pointer:{ptr}/style]")
     return errors
 
 
