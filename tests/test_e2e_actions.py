@@ -240,7 +240,8 @@ def test_list_mine_asks_openai_for_my_jobs(h: Harness) -> None:
 
 
 def test_openai_5xx_on_a_click_is_a_friendly_message(h: Harness) -> None:
-    job_id, ts = started_job(h)
+    # Queued: the card reads the events of running jobs each cycle, which would take these faults.
+    job_id, ts = started_job(h, status="queued")
     h.openai.fail_next(500, path=rf"/fine_tuning/jobs/{job_id}/events", times=3)
     _, key = click(h, "job_events", job_id, message_ts=ts)
     text = all_text(h.reply(key, timeout=25))
