@@ -8,7 +8,7 @@ import re
 from bot.main import USAGE
 from tests.bot_process import REPO
 
-# How bot/config.py reads a variable: text("X"), number("X", …), required("X", …), id_list("X", …), url("X", …).
+# How bot/config.py reads a variable: text("X"), number("X", …), required("X", …), id_list, url.
 _READ = re.compile(r"\b(?:text|number|required|id_list|url)\(\s*\"([A-Z][A-Z0-9_]+)\"")
 
 
