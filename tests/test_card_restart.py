@@ -8,8 +8,13 @@ on before its first edit is marked as owing one, so the next process edits it to
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
+import pytest
+
+from bot.store import Store
+from tests.db import fresh_postgres_database
 from tests.fakes import FakeOpenAI, FakeSlack
 from tests.harness import Harness, query_db, start_bot, wait_until
 from tests.test_e2e_card import card_updates, create, outcomes
@@ -116,3 +121,35 @@ def test_a_status_change_whose_first_edit_was_lost_is_shown_after_restart(
         assert len(card_updates(h, card.ts)) == 1
     finally:
         assert h.bot.stop() == 0, h.bot.logs
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_final_cards_to_check_finds_only_sent_editable_recent_cards(tmp_path: Path, kind: str) -> None:
+    with contextlib.ExitStack() as stack:
+        sqlite = f"sqlite:///{tmp_path}/s.db"
+        url = sqlite if kind == "sqlite" else stack.enter_context(fresh_postgres_database())
+        store = Store.from_url(url)
+        stack.callback(store.close)
+
+        def ended(job: str, *, at: float, sent_to: str | None = "C1", ts: str | None = "1.0") -> int:
+            watch, _ = store.add_watch(
+                job_id=job, team_id="T", channel_id="C1", user_id="U",
+                announcement_ts=ts, job_created_at=1, status="running",
+            )  # fmt: skip
+            store.finish_watch(watch, "succeeded", {"id": job, "status": "succeeded"}, now=at)
+            [item] = [i for i in store.outbox_items() if i.job_id == job]
+            if sent_to:
+                store.mark_sent(item.id, channel=sent_to, ts="2.0")
+            return watch.id
+
+        wanted = ended("ftjob-owed", at=1000.0)
+        newer = ended("ftjob-newer", at=1500.0)
+        ended("ftjob-unsent", at=1000.0, sent_to=None)  # the notifier edits it once it is out
+        ended("ftjob-by-dm", at=1000.0, sent_to="D9")  # the channel refused the bot
+        ended("ftjob-old", at=100.0)
+        ended("ftjob-no-card", at=1000.0, ts=None)
+        store.stop_card(ended("ftjob-stopped", at=1000.0), "message_not_found")
+
+        rows = store.final_cards_to_check(ended_since=500.0)
+        assert [(w.id, p["id"]) for w, p in rows] == [(newer, "ftjob-newer"), (wanted, "ftjob-owed")]
+        assert [w.id for w, _ in store.final_cards_to_check(ended_since=500.0, limit=1)] == [newer]
