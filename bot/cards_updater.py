@@ -26,6 +26,7 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.card import Candidate, Progress, card_digest, cards_to_edit, progress_from_events, render_card
+from bot.crash import crash_point
 from bot.models import FineTuningJob
 from bot.openai_client import FineTuningClient, OpenAIError
 from bot.runner import CHANNEL_REFUSED
@@ -39,6 +40,15 @@ EVENTS_LIMIT = 10
 STOP_EDITING = frozenset({"message_not_found", "cant_update_message", "edit_window_closed"}) | frozenset(
     CHANNEL_REFUSED
 )
+
+# At start, final cards still owed by a stopped process are looked for among the watches that
+# ended this recently (older ones are left as they are), at most this many.
+CATCH_UP_SECONDS = 24 * 3600.0
+CATCH_UP_LIMIT = 500
+# Stored as a never-edited card's digest once an edit is owed: matches no real digest, so a process
+# that dies before the edit leaves a card the next one edits (the announcement no longer shows the
+# recorded status).
+OWED_DIGEST = "owed"
 
 
 def build_card_client(token: str, base_url: str) -> AsyncWebClient:
@@ -144,6 +154,11 @@ class CardEditor:
             self._want(watch, job, current, digest, status_changed=status_changed, final=False)
         if unchanged:
             await asyncio.to_thread(self._store.card_shown, unchanged)
+        # The recorded status moved on but the announcement still shows the old one: if this
+        # process stops before the edit, the next must not take the card for up to date.
+        owed = [w.id for w in live if w.card_digest is None and w.id in self._wanted]
+        if owed:
+            await asyncio.to_thread(self._store.card_owed, owed, OWED_DIGEST)
         await self.flush()
 
     def show_final(self, watch: Watch, job: FineTuningJob) -> None:
@@ -155,6 +170,31 @@ class CardEditor:
         task = asyncio.create_task(self.flush())
         self._tasks.add(task)  # keep a reference until it is done
         task.add_done_callback(self._tasks.discard)
+
+    async def catch_up(self, *, within: float = CATCH_UP_SECONDS, limit: int = CATCH_UP_LIMIT) -> int:
+        """At start: final card edits a stopped process still owed (the outcome is out, the card
+        does not show it) are queued like `show_final`'s and flushed. One query, no OpenAI request
+        (the outcome's payload is the final job). Returns how many cards were queued; a database
+        error is raised (the caller tries again next cycle)."""
+        rows = await asyncio.to_thread(
+            self._store.final_cards_to_check, ended_since=self._clock() - within, limit=limit
+        )
+        owed = 0
+        seen: set[int] = set()
+        for watch, payload in rows:
+            if watch.id in seen:
+                continue  # a second outcome of one watch (rare): the newest is the final state
+            seen.add(watch.id)
+            job = FineTuningJob.from_api(payload)
+            digest = card_digest(job, None)
+            if digest == watch.card_digest:
+                continue
+            self._want(watch, job, None, digest, status_changed=True, final=True)
+            owed += 1
+        if owed:
+            log.info("%d job card(s) did not show their final state yet; editing them", owed)
+        await self.flush()
+        return owed
 
     def _want(
         self,
@@ -168,8 +208,10 @@ class CardEditor:
     ) -> None:
         earlier = self._wanted.get(watch.id)
         if earlier is not None:
-            if earlier.candidate.final and not final:
-                return  # a late running snapshot never replaces the final card
+            if earlier.candidate.final and (not final or earlier.candidate.digest == digest):
+                # A late running snapshot never replaces the final card, and the same final card
+                # wanted twice (at start and by the notifier) keeps its place, so it is edited once.
+                return
             # A status change still waiting for the budget keeps its place in the queue.
             status_changed = status_changed or (
                 earlier.candidate.status_changed and earlier.job.status == job.status
@@ -270,6 +312,8 @@ class CardEditor:
             wanted.job, watch.user_id, int(now), progress=wanted.progress, origin=watch.origin
         )
         assert watch.announcement_ts is not None
+        if wanted.candidate.final:
+            crash_point("before_final_card")
         self._budget.spend()
         try:
             await self._slack.chat_update(

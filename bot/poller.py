@@ -55,6 +55,8 @@ class Poller:
         cards: CardEditor | None = None,
     ) -> None:
         self._cards = cards
+        # Until the first catch-up succeeds: final card edits a stopped process still owed.
+        self._cards_caught_up = cards is None
         self._reconcile_creates = reconcile_creates
         self._store = store
         self._openai = openai
@@ -80,6 +82,8 @@ class Poller:
             await self._notifier.deliver_due()
         except Exception:
             log.exception("delivering notifications failed; the next cycle will try again")
+        if not self._cards_caught_up:
+            await self._catch_up_cards()
         if self._cards is not None and seen is not None:
             # Last: outcomes are queued before any card is read or edited, so cards never delay them.
             try:
@@ -87,6 +91,20 @@ class Poller:
                 await self._cards.refresh(watches, report.jobs)
             except Exception:
                 log.exception("updating job cards failed; the next cycle will try again")
+        elif self._cards is not None:
+            # Nothing watched, but a final card whose edit failed may still be owed: retry it.
+            await self._cards.flush()
+
+    async def _catch_up_cards(self) -> None:
+        """Once per process, after the outcomes are queued: cards of jobs that ended (and were
+        announced) while a process that stopped still owed their final edit. Ended watches have no
+        lease, so whichever replica starts next covers one that died."""
+        assert self._cards is not None
+        try:
+            await self._cards.catch_up()
+            self._cards_caught_up = True
+        except Exception:
+            log.exception("looking for job cards owed a final edit failed; the next cycle will try again")
 
     async def _cycle(self) -> tuple[list[Watch], StatusReport] | None:
         # Heartbeat and leases are measured on the database's clock, not this host's. The heartbeat

@@ -530,6 +530,42 @@ class Store:
             for watch_id, digest in digests.items():
                 conn.execute(watches.update().where(watches.c.id == watch_id).values(card_digest=digest))
 
+    def card_owed(self, watch_ids: Collection[int], marker: str) -> None:
+        """Never-edited cards now owe an edit: store `marker` (no real digest) as what they show,
+        so a process that dies before the edit leaves them for the next one. Cards edited
+        meanwhile keep their digest."""
+        if not watch_ids:
+            return
+        with self._tx() as conn:
+            conn.execute(
+                watches.update()
+                .where(watches.c.id.in_(sorted(watch_ids)), watches.c.card_digest.is_(None))
+                .values(card_digest=marker)
+            )
+
+    def final_cards_to_check(
+        self, *, ended_since: float, limit: int = 500
+    ) -> list[tuple[Watch, dict[str, Any]]]:
+        """Ended watches (since `ended_since`) with a card still editable whose outcome was posted
+        in the card's channel, with that outcome's job payload, newest first: at start, cards whose
+        final edit a stopped process still owed (the caller compares digests). One query, bounded."""
+        query = (
+            sa.select(watches, outbox.c.payload.label("outcome_payload"))
+            .join(outbox, outbox.c.watch_id == watches.c.id)
+            .where(
+                watches.c.ended_at >= ended_since,
+                watches.c.announcement_ts.is_not(None),
+                watches.c.card_stopped.is_(None),
+                outbox.c.sent_at.is_not(None),
+                # By DM means the channel refused the bot: its card is not edited either.
+                outbox.c.sent_channel == watches.c.channel_id,
+            )
+            .order_by(watches.c.ended_at.desc(), outbox.c.id.desc())
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            return [(Watch.from_row(r), json.loads(r.outcome_payload)) for r in conn.execute(query)]
+
     def stop_card(self, watch_id: int, reason: str) -> None:
         """Never edit this card again (deleted message, refused channel); the outcome still posts."""
         with self._tx() as conn:

@@ -1,0 +1,155 @@
+"""A job's card never stays stale after a restart (issue 12 follow-up).
+
+Card edits wait in memory; a process that stops (SIGKILL) loses them. At its first cycle the next
+process edits the cards of jobs that ended recently whose outcome is out but whose card does not
+show the final state (from the outbox payload, no OpenAI request), and a card whose status moved
+on before its first edit is marked as owing one, so the next process edits it too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import pytest
+
+from bot.store import Store
+from tests.db import fresh_postgres_database
+from tests.fakes import FakeOpenAI, FakeSlack
+from tests.harness import Harness, query_db, start_bot, wait_until
+from tests.test_e2e_card import card_updates, create, outcomes
+from tests.test_e2e_exactly_once import wait_killed
+
+ENV = {"POLL_INTERVAL_SECONDS": "1", "CARD_UPDATE_SECONDS": "2"}
+
+
+def succeed(h: Harness, job_id: str) -> None:
+    h.openai.set_status(job_id, "succeeded", fine_tuned_model=f"ft:gpt-4o-mini:acme::{job_id[-6:]}")
+
+
+def card_digest_of(h: Harness, job_id: str) -> str | None:
+    [(digest,)] = query_db(h.db_url, "SELECT card_digest FROM finetune_watches WHERE job_id = :j", j=job_id)
+    return digest
+
+
+def finals(h: Harness, ts: str) -> list[str]:
+    return [t for t in card_updates(h, ts) if "Succeeded" in t]
+
+
+def test_final_card_lost_at_a_kill_is_shown_after_restart(
+    fake_openai: FakeOpenAI, fake_slack: FakeSlack, tmp_path: Path
+) -> None:
+    h = Harness(
+        start_bot(fake_openai, fake_slack, tmp_path, **ENV, FINETUNE_CRASH_AT="before_final_card"),
+        fake_openai,
+        fake_slack,
+    )
+    job_id, card = create(h, "C100")
+    succeed(h, job_id)
+    wait_killed(h.bot)  # the outcome was posted, then the process died before editing the card
+    assert len(outcomes(h, job_id)) == 1
+    assert card_updates(h, card.ts) == []
+    retrieves = len(fake_openai.requests_to(rf"/fine_tuning/jobs/{job_id}"))
+
+    h.bot = start_bot(fake_openai, fake_slack, tmp_path, **ENV)
+    try:
+        h.slack.wait_for(lambda s: finals(h, card.ts), timeout=20)
+        assert f"ft:gpt-4o-mini:acme::{job_id[-6:]}" in finals(h, card.ts)[0]
+        h.wait_poll_cycles(2)
+        assert len(card_updates(h, card.ts)) == 1
+        assert len(outcomes(h, job_id)) == 1
+        # The final state came from the outbox payload: the job was not asked for again.
+        assert len(fake_openai.requests_to(rf"/fine_tuning/jobs/{job_id}")) == retrieves
+    finally:
+        assert h.bot.stop() == 0, h.bot.logs
+
+
+def test_a_card_already_final_is_not_edited_again_after_restarts(
+    fake_openai: FakeOpenAI, fake_slack: FakeSlack, tmp_path: Path
+) -> None:
+    h = Harness(start_bot(fake_openai, fake_slack, tmp_path, **ENV), fake_openai, fake_slack)
+    done, done_card = create(h, "C200")
+    owed, owed_card = create(h, "C300")
+    succeed(h, done)
+    h.slack.wait_for(lambda s: finals(h, done_card.ts), timeout=20)
+    # Recorded after Slack accepted the edit (a kill in between would cost one repeated edit).
+    wait_until(lambda: card_digest_of(h, done) not in (None, "owed"), 10, "the final card to be recorded")
+    h.bot.kill()
+
+    # A restart that owes nothing edits nothing at start; then `owed` ends and this process dies
+    # before its final card edit.
+    h.bot = start_bot(fake_openai, fake_slack, tmp_path, **ENV, FINETUNE_CRASH_AT="before_final_card")
+    h.wait_poll_cycles(1)
+    succeed(h, owed)
+    wait_killed(h.bot)
+    assert len(outcomes(h, owed)) == 1 and finals(h, owed_card.ts) == []
+
+    h.bot = start_bot(fake_openai, fake_slack, tmp_path, **ENV)
+    try:
+        # Positive control: the card that was owed is edited in the same window.
+        h.slack.wait_for(lambda s: finals(h, owed_card.ts), timeout=20)
+        h.wait_poll_cycles(2)
+        assert len(card_updates(h, owed_card.ts)) == 1
+        assert len(card_updates(h, done_card.ts)) == 1  # its one final edit, before any restart
+        assert len(outcomes(h, done)) == 1 and len(outcomes(h, owed)) == 1
+    finally:
+        assert h.bot.stop() == 0, h.bot.logs
+
+
+def test_a_status_change_whose_first_edit_was_lost_is_shown_after_restart(
+    fake_openai: FakeOpenAI, fake_slack: FakeSlack, tmp_path: Path
+) -> None:
+    # A failed edit waits CARD_UPDATE_SECONDS before its retry: the kill comes first.
+    env = {**ENV, "CARD_UPDATE_SECONDS": "120"}
+    h = Harness(start_bot(fake_openai, fake_slack, tmp_path, **env), fake_openai, fake_slack)
+    job_id, card = create(h, "C400")
+    assert "Running" not in str(card.blocks)
+    h.slack.fail_next("chat.update", error="internal_error", channel="C400")
+    h.openai.set_status(job_id, "running")
+    h.slack.wait_for(lambda s: s.calls_to("chat.update"), timeout=20)
+    [failed] = h.slack.calls_to("chat.update")
+    assert failed.params.get("ts") == card.ts and card_updates(h, card.ts) == []
+    # The new status is recorded with the watch; the card still shows the old one.
+    assert h.watch_status(job_id, "C400") == "running"
+    h.bot.kill()
+    assert card_digest_of(h, job_id) == "owed"
+
+    h.bot = start_bot(fake_openai, fake_slack, tmp_path, **env)
+    try:
+        h.slack.wait_for(lambda s: any("Running" in t for t in card_updates(h, card.ts)), timeout=20)
+        h.wait_poll_cycles(2)
+        assert len(card_updates(h, card.ts)) == 1
+    finally:
+        assert h.bot.stop() == 0, h.bot.logs
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_final_cards_to_check_finds_only_sent_editable_recent_cards(tmp_path: Path, kind: str) -> None:
+    with contextlib.ExitStack() as stack:
+        sqlite = f"sqlite:///{tmp_path}/s.db"
+        url = sqlite if kind == "sqlite" else stack.enter_context(fresh_postgres_database())
+        store = Store.from_url(url)
+        stack.callback(store.close)
+
+        def ended(job: str, *, at: float, sent_to: str | None = "C1", ts: str | None = "1.0") -> int:
+            watch, _ = store.add_watch(
+                job_id=job, team_id="T", channel_id="C1", user_id="U",
+                announcement_ts=ts, job_created_at=1, status="running",
+            )  # fmt: skip
+            store.finish_watch(watch, "succeeded", {"id": job, "status": "succeeded"}, now=at)
+            [item] = [i for i in store.outbox_items() if i.job_id == job]
+            if sent_to:
+                store.mark_sent(item.id, channel=sent_to, ts="2.0")
+            return watch.id
+
+        wanted = ended("ftjob-owed", at=1000.0)
+        newer = ended("ftjob-newer", at=1500.0)
+        ended("ftjob-unsent", at=1000.0, sent_to=None)  # the notifier edits it once it is out
+        ended("ftjob-by-dm", at=1000.0, sent_to="D9")  # the channel refused the bot
+        ended("ftjob-old", at=100.0)
+        ended("ftjob-no-card", at=1000.0, ts=None)
+        store.stop_card(ended("ftjob-stopped", at=1000.0), "message_not_found")
+
+        rows = store.final_cards_to_check(ended_since=500.0)
+        assert [(w.id, p["id"]) for w, p in rows] == [(newer, "ftjob-newer"), (wanted, "ftjob-owed")]
+        assert [w.id for w, _ in store.final_cards_to_check(ended_since=500.0, limit=1)] == [newer]
