@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 import urllib.parse
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -166,6 +167,30 @@ class Harness:
         everything += repr([r.json for r in self.slack.responses])
         for secret in (OPENAI_KEY, BOT_TOKEN, SIGNING_SECRET):
             assert secret not in everything
+
+
+@contextmanager
+def module_bot(workdir: Path, **env: str) -> Iterator[Harness]:
+    """One bot with its own fakes for a whole test module (starting one per test would dominate the
+    run); at the end it must stop cleanly on SIGTERM, with exit 0."""
+    with FakeOpenAI() as openai, FakeSlack() as slack:
+        bot = start_bot(openai, slack, workdir, **env)
+        try:
+            yield Harness(bot, openai, slack)
+        finally:
+            assert bot.stop() == 0, bot.logs
+
+
+def fresh(harness: Harness) -> Iterator[Harness]:
+    """One test's turn on a module's bot (`yield from fresh(harness)` in a fixture): the fakes start
+    empty; afterwards the bot is still running, the fake OpenAI saw only spec-valid requests, and
+    no secret reached a log or Slack."""
+    harness.openai.reset()
+    harness.slack.reset()
+    yield harness
+    assert harness.bot.process is not None and harness.bot.process.poll() is None, harness.bot.logs[-5000:]
+    assert harness.openai.schema_errors == []
+    harness.assert_no_secrets()
 
 
 def all_text(message: dict[str, Any]) -> str:

@@ -14,28 +14,18 @@ import pytest
 
 from tests.bot_process import APP_TOKEN, SIGNING_SECRET
 from tests.fakes import FakeOpenAI, FakeSlack, sign_slack_request
-from tests.harness import Harness, all_text, start_bot, wait_until
+from tests.harness import Harness, all_text, fresh, module_bot, start_bot, wait_until
 
 
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
-    with FakeOpenAI() as openai, FakeSlack() as slack:
-        workdir: Path = tmp_path_factory.mktemp("bot")
-        bot = start_bot(openai, slack, workdir, POLL_INTERVAL_SECONDS="1")
-        try:
-            yield Harness(bot, openai, slack)
-        finally:
-            code = bot.stop()
-            assert code == 0, bot.logs
+    with module_bot(tmp_path_factory.mktemp("bot"), POLL_INTERVAL_SECONDS="1") as harness:
+        yield harness
 
 
 @pytest.fixture
 def h(harness: Harness) -> Iterator[Harness]:
-    harness.openai.reset()
-    harness.slack.reset()
-    yield harness
-    assert harness.openai.schema_errors == []
-    harness.assert_no_secrets()
+    yield from fresh(harness)
 
 
 def click(h: Harness, action_id: str, value: str, **payload_args: Any) -> tuple[httpx.Response, str]:

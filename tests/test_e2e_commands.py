@@ -4,36 +4,25 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from tests.bot_process import OPENAI_KEY
-from tests.fakes import FakeOpenAI, FakeSlack
-from tests.harness import Harness, all_text, start_bot
+from tests.harness import Harness, all_text, fresh, module_bot
 
 
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
-    with FakeOpenAI() as openai, FakeSlack() as slack:
-        workdir: Path = tmp_path_factory.mktemp("bot")
-        bot = start_bot(openai, slack, workdir, OPENAI_ORGANIZATION="org-fake", OPENAI_PROJECT="proj_fake")
-        try:
-            yield Harness(bot, openai, slack)
-        finally:
-            code = bot.stop()
-            assert code == 0, bot.logs
+    workdir = tmp_path_factory.mktemp("bot")
+    with module_bot(workdir, OPENAI_ORGANIZATION="org-fake", OPENAI_PROJECT="proj_fake") as harness:
+        yield harness
 
 
 @pytest.fixture
 def h(harness: Harness) -> Iterator[Harness]:
-    harness.openai.reset()
-    harness.slack.reset()
-    yield harness
-    assert harness.openai.schema_errors == []
-    harness.assert_no_secrets()
+    yield from fresh(harness)
 
 
 # -- each subcommand ------------------------------------------------------------------------------

@@ -12,15 +12,13 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bot.render import escape
-from tests.fakes import FakeOpenAI, FakeSlack
 from tests.fakes.slack import RecordedMessage, _block_errors
-from tests.harness import Harness, start_bot
+from tests.harness import Harness, fresh, module_bot
 
 USER = "U42"  # the person running the commands; <@U42> is the bot's own, legitimate mention
 CHANNEL = "CESC"
@@ -80,23 +78,14 @@ def code_span(value: str) -> str:
 
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
-    with FakeOpenAI() as openai, FakeSlack() as slack:
-        workdir: Path = tmp_path_factory.mktemp("escaping")
-        bot = start_bot(openai, slack, workdir, POLL_INTERVAL_SECONDS="1", FINETUNE_ADMINS=USER)
-        try:
-            yield Harness(bot, openai, slack)
-        finally:
-            assert bot.stop() == 0, bot.logs
+    workdir = tmp_path_factory.mktemp("escaping")
+    with module_bot(workdir, POLL_INTERVAL_SECONDS="1", FINETUNE_ADMINS=USER) as harness:
+        yield harness
 
 
 @pytest.fixture
 def h(harness: Harness) -> Iterator[Harness]:
-    harness.openai.reset()
-    harness.slack.reset()
-    yield harness
-    assert harness.openai.schema_errors == []
-    assert harness.bot.process is not None and harness.bot.process.poll() is None
-    harness.assert_no_secrets()
+    yield from fresh(harness)
 
 
 def reply_to(h: Harness, text: str) -> dict[str, Any]:

@@ -15,14 +15,13 @@ import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.bot_process import SIGNING_SECRET
-from tests.fakes import FakeOpenAI, FakeSlack, sign_slack_request
-from tests.harness import Harness, all_text, start_bot
+from tests.fakes import sign_slack_request
+from tests.harness import Harness, all_text, fresh, module_bot
 
 TEXTS = ("create file-abc123", "list")
 OTHER_SECRET = "a-different-apps-signing-secret-77"
@@ -121,24 +120,15 @@ MALFORMED: dict[str, Callable[[str], Forged]] = {
 
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
-    with FakeOpenAI() as openai, FakeSlack() as slack:
-        workdir: Path = tmp_path_factory.mktemp("forged")
-        # No poll cycle after the first: a leftover watch must not post into a later test's window.
-        bot = start_bot(openai, slack, workdir, FINETUNE_ADMINS="U123", POLL_INTERVAL_SECONDS="86400")
-        try:
-            yield Harness(bot, openai, slack)
-        finally:
-            assert bot.stop() == 0, bot.logs
+    workdir = tmp_path_factory.mktemp("forged")
+    # No poll cycle after the first: a leftover watch must not post into a later test's window.
+    with module_bot(workdir, FINETUNE_ADMINS="U123", POLL_INTERVAL_SECONDS="86400") as harness:
+        yield harness
 
 
 @pytest.fixture
 def h(harness: Harness) -> Iterator[Harness]:
-    harness.openai.reset()
-    harness.slack.reset()
-    yield harness
-    assert harness.bot.process is not None and harness.bot.process.poll() is None, harness.bot.logs
-    assert harness.openai.schema_errors == []
-    harness.assert_no_secrets()
+    yield from fresh(harness)
 
 
 def slash_body(h: Harness, text: str, key: str) -> str:

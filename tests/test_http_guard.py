@@ -30,7 +30,7 @@ from bot import http_guard
 from bot.logs import OneLine, QuietLibraries, RateLimit, one_line
 from tests.bot_process import SIGNING_SECRET, BotProcess
 from tests.fakes import FakeOpenAI, FakeSlack, sign_slack_request
-from tests.harness import Harness, bot_env, start_bot
+from tests.harness import Harness, bot_env, fresh, module_bot
 
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"finetune-bot-test-webhook-key-32b").decode()
 MiB = 1024 * 1024
@@ -88,24 +88,15 @@ def stream_until_answered(port: int, head: bytes, total: int, *, chunked: bool) 
 
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
-    with FakeOpenAI() as openai, FakeSlack() as slack:
-        workdir = tmp_path_factory.mktemp("guard")
-        bot = start_bot(openai, slack, workdir, OPENAI_WEBHOOK_SECRET=WEBHOOK_SECRET)
-        try:
-            yield Harness(bot, openai, slack)
-        finally:
-            assert bot.stop() == 0, bot.logs
+    with module_bot(tmp_path_factory.mktemp("guard"), OPENAI_WEBHOOK_SECRET=WEBHOOK_SECRET) as harness:
+        yield harness
 
 
 @pytest.fixture
 def h(harness: Harness) -> Iterator[Harness]:
-    harness.openai.reset()
-    harness.slack.reset()
-    yield harness
-    assert harness.bot.process is not None and harness.bot.process.poll() is None, harness.bot.logs
+    yield from fresh(harness)
     assert "Traceback" not in harness.bot.logs, harness.bot.logs[-3000:]
     assert harness.openai.requests == [], harness.openai.describe()  # nothing reached OpenAI
-    harness.assert_no_secrets()
 
 
 def pid(h: Harness) -> int:
