@@ -205,9 +205,14 @@ def card_cycles(result: Result, kind: str, jobs_count: int, cycles_wanted: int) 
             data = {"step": step, "total_steps": 100, "train_loss": 1.0}
             openai.add_event(job["id"], f"Step {step}/100", type="metrics", data=data)
         seed_watches(db_url, jobs, ["C0001"])
+        # Each watch has a card (its announcement), a message the fake Slack has, so editing it
+        # works and the running jobs' cards are followed every cycle, as in production.
+        cards = [{"job": j["id"], "ts": slack.seed_message("C0001", f"card of {j['id']}")} for j in jobs]
         engine = sa.create_engine(db_url.replace("postgresql://", "postgresql+psycopg://"))
-        with engine.begin() as conn:  # each watch has a card (its announcement)
-            conn.execute(sa.text("UPDATE finetune_watches SET announcement_ts = '1.0'"))
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text("UPDATE finetune_watches SET announcement_ts = :ts WHERE job_id = :job"), cards
+            )
         engine.dispose()
         openai.latency = LATENCY
         with running_bot(openai, slack, Path(tmp), DATABASE_URL=db_url, POLL_INTERVAL_SECONDS="1") as bot:

@@ -309,6 +309,25 @@ class FakeSlack(FakeServer):
         with self.lock:
             self._custom[name] = _CustomMethod(handler, token)
 
+    def seed_message(self, channel: str, text: str = "") -> str:
+        """A message the bot posted earlier (before this fake started), e.g. a job's card to edit;
+        returns its ts."""
+        with self.lock:
+            ts = self._next_ts()
+            self._messages.append(
+                RecordedMessage(
+                    channel=_resolve_channel(channel),
+                    ts=ts,
+                    text=text,
+                    blocks=None,
+                    thread_ts=None,
+                    reply_broadcast=False,
+                    params={},
+                    time=time.time(),
+                )
+            )
+        return ts
+
     def add_user(self, user_id: str, name: str, **fields: Any) -> dict[str, Any]:
         """Register a user for users.info (unknown ids still get a generated profile)."""
         user = {**_default_user(user_id, name), **fields}
