@@ -289,6 +289,14 @@ def test_buttons_over_socket_mode_and_allowed_channels(tmp_path: Path) -> None:
             assert "job_pause" in card_action_ids(h, ts)
             assert "Pause requested" in all_text(socket_click("job_pause"))
             assert openai.jobs[job_id]["status"] == "paused"
+            assert "Resume requested" in all_text(socket_click("job_resume"))
+            assert openai.jobs[job_id]["status"] == "running"
+            # Events and Checkpoints answer privately, over the socket as over HTTP.
+            openai.add_event(job_id, "socket-step-9-message")
+            openai.add_checkpoint(job_id, 9)
+            events = socket_click("job_events")
+            assert events["response_type"] == "ephemeral" and "socket-step-9-message" in all_text(events)
+            assert ":ckpt-step-9`" in all_text(socket_click("job_checkpoints"))
             # A click from a channel the bot is not enabled in: refused, nothing sent to OpenAI.
             before = len(openai.requests)
             refused = socket_click("job_cancel", channel_id="CELSEWHERE")
@@ -296,6 +304,10 @@ def test_buttons_over_socket_mode_and_allowed_channels(tmp_path: Path) -> None:
             assert len(openai.requests) == before
             assert "Cancellation requested" in all_text(socket_click("job_cancel"))
             assert openai.jobs[job_id]["status"] == "cancelled"
+            assert len(openai.requests_to(rf"^/fine_tuning/jobs/{job_id}/cancel$", "POST")) == 1
+            # A click on the card of a job that has ended: its state, nothing sent to OpenAI.
+            ended = all_text(socket_click("job_cancel"))
+            assert "Nothing to cancel" in ended and "already ended" in ended
             assert len(openai.requests_to(rf"^/fine_tuning/jobs/{job_id}/cancel$", "POST")) == 1
         finally:
             assert bot.stop() == 0, bot.logs
