@@ -1,10 +1,10 @@
 """A create can never leave a paid job nobody tracks, nor start two jobs.
 
 The bot writes every create down (keyed by Slack's trigger_id, also the Idempotency-Key) before it
-calls OpenAI. Here the database really fails: SQLite on a tmpfs that is remounted read-only or
-filled to the last byte, PostgreSQL switched to read-only transactions or given a tablespace on a
-full tmpfs. The bot is also SIGKILLed between OpenAI creating the job and writing it down, and the
-very same signed command is delivered three times.
+calls OpenAI. Here the database really fails: SQLite on a tmpfs filled to the last byte or on an
+ext4 filesystem that turns read-only under the bot, PostgreSQL switched to read-only transactions
+or given a tablespace on a full tmpfs. The bot is also SIGKILLed between OpenAI creating the job and
+writing it down, and the very same signed command is delivered three times.
 """
 
 from __future__ import annotations
@@ -182,6 +182,55 @@ class SqliteOnTmpfs:
         subprocess.run(["umount", "-l", str(self.dir)], check=False)
 
 
+class SqliteOnExt4:
+    """A SQLite database on a small ext4 filesystem (a loop device) mounted `errors=remount-ro`,
+    whose filesystem turns read-only under the running bot the way ext4 does after an error:
+    writes through already-open files fail too, which a remount or a chmod could not do (the bot
+    holds the file open; root ignores modes). There is no way back short of a new mount, so the
+    test's "database comes back" step does not apply."""
+
+    repairable = False
+
+    def __init__(self, root: Path) -> None:
+        self.dir = root / "dbext4"
+        self.dir.mkdir(mode=0o755)
+        image = root / "dbext4.img"
+        with image.open("wb") as out:
+            out.truncate(16 * 1024 * 1024)
+        made = subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], capture_output=True, text=True)
+        mounted = made.returncode == 0 and (
+            subprocess.run(
+                ["mount", "-o", "loop,errors=remount-ro", str(image), str(self.dir)],
+                capture_output=True,
+                text=True,
+            ).returncode
+            == 0
+        )
+        device = subprocess.run(
+            ["findmnt", "-n", "-o", "SOURCE", str(self.dir)], capture_output=True, text=True
+        ).stdout.strip()
+        self.trigger = Path("/sys/fs/ext4") / Path(device).name / "trigger_fs_error"
+        if not mounted or not self.trigger.exists():
+            self.close()
+            reason = "cannot mount an ext4 loop device with an error trigger here; needs root"
+            print(f"\nskipping: {reason}")
+            pytest.skip(reason)
+        self.url = f"sqlite:///{self.dir}/bot.db"
+
+    def break_(self, how: str) -> None:
+        assert how == "read-only"
+        self.trigger.write_text("1")
+        with pytest.raises(OSError) as refused:  # the filesystem really is read-only now
+            (self.dir / "probe").touch()
+        assert refused.value.errno == errno.EROFS
+
+    def repair(self, how: str) -> None:  # pragma: no cover - not repairable in place
+        raise AssertionError("an emergency read-only ext4 cannot be made writable in place")
+
+    def close(self) -> None:
+        subprocess.run(["umount", "-l", str(self.dir)], check=False, capture_output=True)
+
+
 class PostgresDatabase:
     """A fresh PostgreSQL database whose transactions can be made read-only, or whose own
     tablespace (on a small tmpfs) can be filled."""
@@ -252,18 +301,23 @@ class PostgresDatabase:
 
 
 @contextlib.contextmanager
-def failing_database(kind: str, how: str, root: Path) -> Iterator[SqliteOnTmpfs | PostgresDatabase]:
-    db: SqliteOnTmpfs | PostgresDatabase
-    db = SqliteOnTmpfs(root) if kind == "sqlite" else PostgresDatabase(root, how)
+def failing_database(
+    kind: str, how: str, root: Path
+) -> Iterator[SqliteOnTmpfs | SqliteOnExt4 | PostgresDatabase]:
+    db: SqliteOnTmpfs | SqliteOnExt4 | PostgresDatabase
+    if kind == "sqlite":
+        db = SqliteOnExt4(root) if how == "read-only" else SqliteOnTmpfs(root)
+    else:
+        db = PostgresDatabase(root, how)
     try:
         yield db
     finally:
         db.close()
 
 
-# SQLite cannot be made read-only honestly while the bot holds it open for writing: remounting
-# its filesystem read-only fails (EBUSY) and root ignores file permissions. A full disk it gets.
-CASES = [("sqlite", "full"), ("postgresql", "read-only"), ("postgresql", "full")]
+# SQLite's read-only case is its filesystem turning read-only under the bot (SqliteOnExt4): a remount
+# fails (EBUSY) while the bot holds the file open, and root ignores file permissions.
+CASES = [("sqlite", "full"), ("sqlite", "read-only"), ("postgresql", "read-only"), ("postgresql", "full")]
 
 
 @pytest.mark.parametrize(("kind", "how"), CASES, ids=[f"{k}-{h}" for k, h in CASES])
@@ -280,6 +334,8 @@ def test_database_failing_before_create_starts_nothing(
             assert "Nothing was started" in text and "database" in text, text
             assert creates(fake_openai) == [] and fake_openai.jobs == {}
             assert fake_slack.messages == []
+            if not getattr(db, "repairable", True):
+                return
             # Once the database is back, the same command works.
             db.repair(how)
             h.command("create file-abc123", channel_id=CHANNEL)
@@ -307,6 +363,8 @@ def test_database_failing_while_openai_creates_still_gives_the_job_id(
             assert job_id in text and "don't run `create` again" in text, text
             assert f"/finetune get {job_id}" in text
             assert fake_slack.messages_in(CHANNEL) == []
+            if not getattr(db, "repairable", True):
+                return
             # The database comes back: the job is written down, watched and announced, once.
             db.repair(how)
             fake_slack.wait_for(lambda s: announcements(h, job_id), timeout=20)
