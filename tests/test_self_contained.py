@@ -44,8 +44,8 @@ def test_the_specs_the_tests_need_are_in_the_repository_with_their_licences() ->
 
 def test_the_guard_tells_inside_from_beside() -> None:
     # The session-wide audit hook (tests/conftest.py) relies on this distinction.
-    assert leaves_repository(REPO.parent / "shared" / "specs" / "x.json")
-    assert leaves_repository("../shared/specs", cwd=str(REPO))
+    assert leaves_repository(REPO.parent / "beside" / "x.json")
+    assert leaves_repository("../beside/x.json", cwd=str(REPO))
     assert not leaves_repository(REPO / "tests" / "specs" / "x.json")
     assert not leaves_repository("/tmp/bot-workdir/finetune-bot.db")
     assert not leaves_repository(3)
