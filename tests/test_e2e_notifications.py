@@ -83,9 +83,13 @@ def test_success_is_threaded_broadcast_and_names_the_model(h: Harness) -> None:
     text = text_of(message)
     assert "ft:gpt-4o-mini-2024-07-18:acme:support:abc123" in text and "<@U42>" in text
     assert "123,456" in text
-    # The announcement now shows the final status.
-    h.slack.wait_for(lambda s: any(u.ts == announcement.ts for u in s.updates))
-    assert "Succeeded" in text_of(h.slack.messages_in("C123")[0])
+    # The announcement now shows the final status. The card may have been edited before (it
+    # showed "running"), so wait for the edit that shows the end, not merely for an edit.
+    h.slack.wait_for(
+        lambda s: "Succeeded" in text_of(s.messages_in("C123")[0]),
+        timeout=15,
+        message="the card to show Succeeded",
+    )
     assert_stays_single(h, job_id)
 
 

@@ -220,7 +220,15 @@ def test_outcome_notification_of_a_hostile_job_is_inert(
     for fragment in shown:
         assert fragment in text
     # The announcement is edited to show the final state (with the hostile model, if any): inert too.
-    h.slack.wait_for(lambda s: s.updates, timeout=10)
+    # Wait for the edit that shows the end (the card's status line names it), not merely an edit.
+    h.slack.wait_for(
+        lambda s: any(
+            m.ts == announcement.ts and status.capitalize() in (m.text or "") + repr(m.blocks)
+            for m in s.messages_in(CHANNEL)
+        ),
+        timeout=10,
+        message=f"the card to show {status}",
+    )
     [edited] = [m for m in h.slack.messages_in(CHANNEL) if m.ts == announcement.ts]
     edited_text = assert_inert(as_message(edited))
     if "model" in fields:
