@@ -110,6 +110,13 @@ class CheckpointsCommand:
 
 
 @dataclass(frozen=True)
+class ReportCommand:
+    """The loss chart and scorecard of a job, running or finished."""
+
+    job_id: str
+
+
+@dataclass(frozen=True)
 class WatchCommand:
     """Follow a job in this channel; without an id, list what this channel follows."""
 
@@ -131,6 +138,7 @@ Command = (
     | PauseCommand
     | ResumeCommand
     | CheckpointsCommand
+    | ReportCommand
     | WatchCommand
     | UnwatchCommand
 )
@@ -156,6 +164,7 @@ USAGE = {
     "pause": "pause <job-id>",
     "resume": "resume <job-id>",
     "checkpoints": "checkpoints <job-id> [limit=N]",
+    "report": "report <job-id>",
     "watch": "watch [<job-id>]",
     "unwatch": "unwatch <job-id>",
 }
@@ -169,6 +178,7 @@ EXAMPLES = {
     "pause": "pause ftjob-abc123",
     "resume": "resume ftjob-abc123",
     "checkpoints": "checkpoints ftjob-abc123 limit=5",
+    "report": "report ftjob-abc123",
     "watch": "watch ftjob-abc123",
     "unwatch": "unwatch ftjob-abc123",
 }
@@ -191,6 +201,8 @@ _ALIASES = {
     "unpause": "resume",
     "checkpoints": "checkpoints",
     "ckpt": "checkpoints",
+    "report": "report",
+    "chart": "report",
     "watch": "watch",
     "follow": "watch",
     "unwatch": "unwatch",
@@ -228,7 +240,7 @@ def parse_command(text: str, *, default_model: str) -> Command | ParseError:
         return _parse_list(args)
     if name == "watch" and not args:
         return WatchCommand()
-    # get / events / cancel / pause / resume / checkpoints / watch / unwatch all take one job id.
+    # get / events / cancel / pause / resume / checkpoints / report / watch / unwatch: one job id.
     allowed = ("limit",) if name in ("events", "checkpoints") else ()
     positional, options = _split(args, name, allowed)
     if isinstance(options, ParseError):
@@ -247,6 +259,8 @@ def parse_command(text: str, *, default_model: str) -> Command | ParseError:
     if name == "checkpoints":
         limit = _parse_limit(options, CHECKPOINTS_DEFAULT_LIMIT, name)
         return limit if isinstance(limit, ParseError) else CheckpointsCommand(job_id, limit)
+    if name == "report":
+        return ReportCommand(job_id)
     if name == "watch":
         return WatchCommand(job_id)
     if name == "unwatch":

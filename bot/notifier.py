@@ -32,6 +32,7 @@ from bot.store import OutboxItem, Store, Watch
 
 if TYPE_CHECKING:
     from bot.cards_updater import CardEditor
+    from bot.reporter import Reporter
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +52,10 @@ class Notifier:
         concurrency: int = 4,
         clock: Callable[[], float] = time.time,
         cards: CardEditor | None = None,
+        reporter: Reporter | None = None,
     ) -> None:
         self._cards = cards
+        self._reporter = reporter
         self._store = store
         self._slack = slack
         self._owner = owner
@@ -75,14 +78,27 @@ class Notifier:
         async with self._lock:  # the poller and a webhook may both ask at once
             items = await asyncio.to_thread(
                 # Leases are measured on the database's clock, the same for every replica.
-                self._store.claim_outbox, self._owner, ttl=self._lease_ttl
+                self._store.claim_outbox,
+                self._owner,
+                ttl=self._lease_ttl,
+                include_reports=self._reporter is not None,
             )
-            fresh = [item for item in items if item.id not in self._queued]
+            fresh = [
+                item
+                for item in items
+                if item.id not in self._queued
+                and not (self._reporter is not None and self._reporter.is_busy(item.id))
+            ]
             if not fresh:
                 return 0
             watches = await asyncio.to_thread(self._store.watches_by_id, {i.watch_id for i in fresh})
             for item in fresh:
                 watch = watches[item.watch_id]
+                if item.is_report and self._reporter is not None:
+                    # Reports are made apart (downloads, a render, an upload): never in the
+                    # channel's queue, where they would hold up the outcomes behind them.
+                    self._reporter.submit(item, watch)
+                    continue
                 self._queued.add(item.id)
                 self._queues.setdefault(watch.channel_id, collections.deque()).append((item, watch))
                 if watch.channel_id not in self._workers:

@@ -80,6 +80,10 @@ class QuotaExceededError(RateLimitError):
     """429 `insufficient_quota`: billing, not load; retrying does not help."""
 
 
+class FileTooLargeError(Exception):
+    """A download stopped at its size cap (not an OpenAI error: the file is simply too big)."""
+
+
 class ServerError(OpenAIError):
     """5xx that outlived the retries, or a response that was not the JSON the spec promises."""
 
@@ -266,6 +270,33 @@ class FineTuningClient:
         data = await self._request("GET", "/files", params=params)
         return Page([OpenAIFile.from_api(d) for d in _list_data(data)], bool(data.get("has_more")))
 
+    async def download_file(self, file_id: str, *, max_bytes: int) -> bytes:
+        """A file's content, streamed and cut off at `max_bytes` (FileTooLargeError) before it can
+        cost the process more memory than that: a result file is small, a training file may not be.
+        Retries like every other request; the body is only read from a response that succeeded."""
+        _require(ids.is_file_id(file_id), f"not a file id: {file_id!r}")
+        url = f"{self._base_url}/files/{file_id}/content"
+        headers = {**self._headers, "Accept": "*/*"}
+        policy = self._retry
+        attempt = 0
+        while True:
+            retry_after: float | None = None
+            try:
+                async with self._slots, self._http.stream("GET", url, headers=headers) as response:
+                    if response.is_success:
+                        return await _read_capped(response, max_bytes, file_id)
+                    await response.aread()  # error bodies are small JSON
+                    error = _error_from_response(response)
+                    retry_after = parse_retry_after(response.headers.get("retry-after"))
+            except httpx.TimeoutException:
+                error = UnavailableError("OpenAI did not answer in time.")
+            except httpx.TransportError as exc:
+                error = UnavailableError(f"Could not reach OpenAI ({type(exc).__name__}).")
+            attempt += 1
+            if not _is_retryable(error) or attempt >= policy.max_attempts:
+                raise error
+            await self._sleep(retry_after if retry_after is not None else policy.backoff(attempt))
+
     # -- transport -------------------------------------------------------------------------------
 
     async def _request(
@@ -351,6 +382,20 @@ class FineTuningClient:
                 delay,
             )
             await self._sleep(delay)
+
+
+async def _read_capped(response: httpx.Response, max_bytes: int, file_id: str) -> bytes:
+    declared = response.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise FileTooLargeError(f"{file_id} is {int(declared):,} bytes; the limit is {max_bytes:,}")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > max_bytes:
+            raise FileTooLargeError(f"{file_id} is over {max_bytes:,} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _attempt_timeout(configured: httpx.Timeout, remaining: float) -> httpx.Timeout:

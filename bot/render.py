@@ -67,6 +67,7 @@ _DESCRIPTIONS = {
     "pause": "pause a running job",
     "resume": "resume a paused job",
     "checkpoints": "list a job's checkpoints (their model names can be used like any model)",
+    "report": "post a job's loss chart and scorecard (in its thread when this channel has its card)",
     "watch": "follow a job's outcome in this channel (no id: list what this channel follows)",
     "unwatch": "stop following a job here",
 }
@@ -482,6 +483,30 @@ def _checkpoint_line(checkpoint: Checkpoint) -> str:
         parts.append(date_token(checkpoint.created_at, "{date_short} {time}"))
     # A code span on its own line: one click selects the whole model name to copy.
     return " · ".join(parts) + "\n" + _code(checkpoint.fine_tuned_model_checkpoint, NAME_CHARS + 50)
+
+
+def render_report_posted(job_id: str, *, in_thread: bool) -> Reply:
+    where = "in the job's thread" if in_thread else "in this channel"
+    return _reply(
+        f"Posted the report of {_clip(job_id, ID_CHARS)} {where}.",
+        [_section(f":bar_chart: Posted the report of {_code(job_id)} {where}.")],
+    )
+
+
+def render_report_private(scorecard_mrkdwn: str, note: str | None = None) -> Reply:
+    """The scorecard for the asker alone: when there is nothing to chart yet, or the bot may not
+    post here. `scorecard_mrkdwn` is already escaped (bot/scorecard.py)."""
+    blocks = [_section(scorecard_mrkdwn)]
+    if note:
+        blocks.append(_context(note))
+    return _reply(scorecard_mrkdwn, blocks)
+
+
+def render_report_busy(job_id: str) -> Reply:
+    return _reply(
+        f"A report of {_clip(job_id, ID_CHARS)} is already being made.",
+        [_section(f":hourglass_flowing_sand: A report of {_code(job_id)} is already being made here.")],
+    )
 
 
 def render_checkpoints(job_id: str, checkpoints: list[Checkpoint], has_more: bool) -> Reply:

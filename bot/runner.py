@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
@@ -42,6 +42,7 @@ from bot.commands import (
     HelpCommand,
     ListCommand,
     PauseCommand,
+    ReportCommand,
     ResumeCommand,
     UnwatchCommand,
     WatchCommand,
@@ -57,6 +58,9 @@ from bot.openai_client import (
     UnavailableError,
 )
 from bot.store import PendingCreate, Store, Watch
+
+if TYPE_CHECKING:
+    from bot.reporter import Reporter
 
 log = logging.getLogger(__name__)
 
@@ -192,8 +196,10 @@ class CommandRunner:
         clock: Callable[[], float] = time.time,
         owner: str = "runner",
         show_card: ShowCard | None = None,
+        reporter: Reporter | None = None,
     ) -> None:
         self._openai = openai
+        self._reporter = reporter
         # How a Refresh click redraws a card: the live card's editor (progress read fresh) when
         # there is one; otherwise the announcement is re-rendered as it is.
         self._show_card = show_card or self._redraw_announcement
@@ -251,6 +257,8 @@ class CommandRunner:
                     return render.render_job_not_found(job_id)
                 checkpoints = await self._openai.list_checkpoints(job_id, limit=limit)
                 return render.render_checkpoints(job_id, checkpoints.data, checkpoints.has_more)
+            case ReportCommand(job_id=job_id):
+                return await self._report(job_id, invocation)
             case CreateCommand():
                 return await self._create(command, invocation)
             case WatchCommand(job_id=None):
@@ -263,6 +271,24 @@ class CommandRunner:
             case UnwatchCommand(job_id=job_id):
                 return await self._unwatch(job_id, invocation)
         return None  # pragma: no cover - every command is matched above
+
+    async def _report(self, job_id: str, invocation: Invocation) -> render.Reply:
+        """In the job's thread when this channel has its card, else a new message here: a chart
+        cannot be ephemeral, and whoever can read the job here may see its numbers."""
+        if not await self._may_read(job_id, invocation):
+            return render.render_job_not_found(job_id)
+        if self._reporter is None:  # pragma: no cover - every server builds one
+            return render.render_job_not_found(job_id)
+        watch = await asyncio.to_thread(self._store.get_watch, job_id, invocation.channel_id)
+        thread_ts = watch.announcement_ts if watch is not None else None
+        result = await self._reporter.on_demand(
+            job_id, channel=invocation.channel_id, thread_ts=thread_ts, requested_by=invocation.user_id
+        )
+        if result.busy:
+            return render.render_report_busy(job_id)
+        if result.posted:
+            return render.render_report_posted(job_id, in_thread=thread_ts is not None)
+        return render.render_report_private(result.private_text or "", result.note)
 
     def _may_cancel(self, user_id: str, starter: str | None) -> bool:
         """The person who started a job may stop it, and so may admins; a job not started from

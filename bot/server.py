@@ -27,6 +27,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from bot.cards_updater import CardEditor, build_card_client
+from bot.chart import ChartRenderer
 from bot.config import Settings
 from bot.http_guard import GuardedH11Protocol, SlackEvents
 from bot.inflight import InFlight
@@ -35,6 +36,7 @@ from bot.notifier import Notifier
 from bot.openai_client import FineTuningClient, build_http_client
 from bot.pending import CreateReconciler
 from bot.poller import Poller
+from bot.reporter import Reporter
 from bot.runner import CommandRunner
 from bot.slack_app import BotIdentity, build_app, build_slack_client
 from bot.socket_mode import SocketModeConnection
@@ -95,7 +97,14 @@ def build_asgi(settings: Settings, store: Store, identity: BotIdentity | None = 
         per_minute=settings.card_edits_per_minute,
         concurrency=settings.poll_concurrency,
     )
-    notifier = Notifier(store, posting_client, owner=owner, lease_ttl=lease_ttl, cards=cards)
+    # Completion reports (chart and scorecard) are drawn in a worker process and posted apart
+    # from the outcomes, which they follow and never hold up.
+    reporter = Reporter(
+        store, openai, posting_client, ChartRenderer(), owner=owner, lease_ttl=lease_ttl
+    )
+    notifier = Notifier(
+        store, posting_client, owner=owner, lease_ttl=lease_ttl, cards=cards, reporter=reporter
+    )
     runner = CommandRunner(
         openai,
         posting_client,
@@ -104,6 +113,7 @@ def build_asgi(settings: Settings, store: Store, identity: BotIdentity | None = 
         read_access=settings.read_access,
         owner=owner,
         show_card=cards.show_now,
+        reporter=reporter,
     )
     # Creates left half-done (a crash, a database failure) are finished each cycle: on SQLite every
     # other owner is a dead predecessor; on PostgreSQL a replica's row is taken over once stale.
@@ -214,6 +224,7 @@ def build_asgi(settings: Settings, store: Store, identity: BotIdentity | None = 
                 await socket_mode.close()
             scheduler.shutdown(wait=False)
             await http.aclose()
+            await reporter.close()
             await asyncio.to_thread(store.close)
             log.info("finetune-bot stopped")
 
@@ -241,6 +252,8 @@ def build_asgi(settings: Settings, store: Store, identity: BotIdentity | None = 
             await receiver.drain()
         if not await notifier.wait_idle(max(0.5, remaining())):
             log.warning("stopping with notifications queued; the outbox keeps them for the next start")
+        if not await reporter.wait_idle(max(0.5, remaining())):
+            log.warning("stopping with reports under way; the outbox keeps them for the next start")
         try:
             await asyncio.to_thread(store.release_outbox, owner)
         except Exception:

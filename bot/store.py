@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # libpq waits for the OS (minutes) on a host that drops packets; a poll cycle or a start-up wait
 # should hear "no answer" well before that.
 CONNECT_TIMEOUT_SECONDS = 10
@@ -94,6 +94,9 @@ outbox = sa.Table(
     sa.Column("delivery_note", sa.String(200), nullable=True),
     sa.Column("lease_owner", sa.String(64), nullable=True),
     sa.Column("lease_expires_at", sa.Float, nullable=True),
+    # A report's chart, uploaded to Slack but perhaps not yet shared: a restart looks for a message
+    # carrying this file in the thread before making another (see bot/reporter.py).
+    sa.Column("upload_file_id", sa.String(64), nullable=True),
 )
 sa.Index("ix_finetune_outbox_unsent", outbox.c.sent_at, outbox.c.lease_expires_at)
 
@@ -141,6 +144,13 @@ sa.Index("ix_finetune_pending_creates_state", pending_creates.c.state, pending_c
 
 # Added to finetune_watches by the schema 2 → 3 step.
 CARD_COLUMNS = ("card_digest", "card_edited_at", "card_stopped")
+# Added to finetune_outbox by the schema 3 → 4 step.
+REPORT_COLUMNS = ("upload_file_id",)
+
+# The outbox's `outcome` of a completion report (chart and scorecard), owed after the outcome.
+REPORT = "report"
+# Outcomes that are followed by a report (when the job has any metrics or checkpoints to show).
+REPORTED_OUTCOMES = ("succeeded", "failed", "cancelled")
 
 # States of a pending create that still need the bot (see `Store.pending_to_reconcile`).
 OPEN_CREATE_STATES = ("pending", "created")
@@ -208,6 +218,12 @@ class OutboxItem:
     sent_channel: str | None
     sent_ts: str | None
     delivery_note: str | None
+    upload_file_id: str | None = None
+    next_attempt_at: float | None = None
+
+    @property
+    def is_report(self) -> bool:
+        return self.outcome == REPORT
 
     @classmethod
     def from_row(cls, row: Any) -> OutboxItem:
@@ -218,6 +234,12 @@ class OutboxItem:
 
 def outbox_key(job_id: str, channel_id: str, outcome: str) -> str:
     return f"{job_id}:{channel_id}:{outcome}"
+
+
+def report_key(job_id: str, channel_id: str) -> str:
+    """Its own prefix: the report is not an outcome, and nothing that looks for a job's outcomes
+    by key (`job_id:`) should take it for one."""
+    return f"{REPORT}:{job_id}:{channel_id}"
 
 
 def normalise_url(url: str) -> str:
@@ -309,6 +331,9 @@ class Store:
                 # 2 → 3 adds the card columns to finetune_watches (create_all never alters a table).
                 if current < 3:
                     self._add_missing_columns(conn, watches, CARD_COLUMNS)
+                # 3 → 4 adds the report's uploaded file to finetune_outbox.
+                if current < 4:
+                    self._add_missing_columns(conn, outbox, REPORT_COLUMNS)
                 conn.execute(schema_info.update().values(version=SCHEMA_VERSION))
 
     def _add_missing_columns(self, conn: Connection, table: sa.Table, names: Sequence[str]) -> None:
@@ -652,6 +677,7 @@ class Store:
         """In one transaction: owe the channel a notification, and end the watch. The unique key
         makes a second attempt (another replica, the webhook, a restart) a no-op."""
         now = time.time() if now is None else now
+        body = json.dumps(payload, separators=(",", ":"))
         with self._tx() as conn:
             created = conn.execute(
                 self._insert(outbox)
@@ -660,13 +686,30 @@ class Store:
                     watch_id=watch.id,
                     job_id=watch.job_id,
                     outcome=outcome,
-                    payload=json.dumps(payload, separators=(",", ":")),
+                    payload=body,
                     created_at=now,
                     attempts=0,
                 )
                 .on_conflict_do_nothing(index_elements=["key"])
                 .returning(outbox.c.id)
             ).scalar()
+            if created is not None and outcome in REPORTED_OUTCOMES:
+                # The report is owed in the same transaction as the outcome (so a crash cannot
+                # lose it), as a row of its own: it is made and posted apart, after the outcome,
+                # and its failures never hold the outcome up.
+                conn.execute(
+                    self._insert(outbox)
+                    .values(
+                        key=report_key(watch.job_id, watch.channel_id),
+                        watch_id=watch.id,
+                        job_id=watch.job_id,
+                        outcome=REPORT,
+                        payload=body,
+                        created_at=now,
+                        attempts=0,
+                    )
+                    .on_conflict_do_nothing(index_elements=["key"])
+                )
             conn.execute(
                 watches.update()
                 .where(watches.c.id == watch.id, watches.c.ended_at.is_(None))
@@ -681,15 +724,23 @@ class Store:
         return created is not None
 
     def claim_outbox(
-        self, owner: str, *, now: float | None = None, ttl: float, limit: int = 200
+        self,
+        owner: str,
+        *,
+        now: float | None = None,
+        ttl: float,
+        limit: int = 200,
+        include_reports: bool = True,
     ) -> list[OutboxItem]:
-        """Lease the notifications due now (`now` defaults to the database's clock)."""
+        """Lease the notifications due now (`now` defaults to the database's clock). Without
+        `include_reports`, report rows are left for a process that makes reports."""
         with self._tx() as conn:
             now = self._db_now(conn) if now is None else now
             due = (
                 sa.select(outbox.c.id)
                 .where(
                     outbox.c.sent_at.is_(None),
+                    sa.true() if include_reports else outbox.c.outcome != REPORT,
                     sa.or_(outbox.c.next_attempt_at.is_(None), outbox.c.next_attempt_at <= now),
                     sa.or_(
                         outbox.c.lease_expires_at.is_(None),
@@ -746,6 +797,27 @@ class Store:
                     lease_expires_at=None,
                 )
             )
+
+    def record_upload(self, item_id: int, owner: str, file_id: str) -> bool:
+        """Durably note the chart's Slack file id before it is shared. False if the lease was lost."""
+        with self._tx() as conn:
+            result = conn.execute(
+                outbox.update()
+                .where(outbox.c.id == item_id, outbox.c.lease_owner == owner, outbox.c.sent_at.is_(None))
+                .values(upload_file_id=file_id)
+            )
+        return result.rowcount == 1
+
+    def outcome_of(self, watch_id: int) -> OutboxItem | None:
+        """The outcome row a report follows (the watch's one non-report row)."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(outbox)
+                .where(outbox.c.watch_id == watch_id, outbox.c.outcome != REPORT)
+                .order_by(outbox.c.id)
+                .limit(1)
+            ).first()
+        return OutboxItem.from_row(row) if row is not None else None
 
     def defer(self, item_id: int, *, error: str, retry_in: float) -> None:
         with self._tx() as conn:

@@ -64,7 +64,7 @@ def test_a_version_2_database_gains_the_card_columns_in_place(tmp_path: Path, ki
         store = Store.from_url(url)
         stack.callback(store.close)
         with store.engine.connect() as conn:
-            assert conn.execute(sa.select(schema_info.c.version)).scalar() == SCHEMA_VERSION == 3
+            assert conn.execute(sa.select(schema_info.c.version)).scalar() == SCHEMA_VERSION
             columns = {c["name"] for c in sa.inspect(conn).get_columns("finetune_watches")}
         assert set(CARD_COLUMNS) <= columns
         # The row written by version 2 is still there, and its card can be recorded.
@@ -97,3 +97,35 @@ def test_card_shown_records_digests_without_an_edit_time(tmp_path: Path) -> None
         assert row.card_digest == "abc" and row.card_edited_at is None
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_a_version_3_outbox_gains_the_report_column_in_place(tmp_path: Path, kind: str) -> None:
+    with contextlib.ExitStack() as stack:
+        url = f"sqlite:///{tmp_path}/v3.db" if kind == "sqlite" else stack.enter_context(fresh_postgres_database())
+        engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+        with engine.begin() as conn:
+            metadata.create_all(conn)
+            conn.execute(sa.text("ALTER TABLE finetune_outbox DROP COLUMN upload_file_id"))
+            conn.execute(schema_info.insert().values(id=1, version=3))
+            conn.execute(
+                sa.text(
+                    "INSERT INTO finetune_watches (job_id, team_id, channel_id, user_id, origin, created_at)"
+                    " VALUES ('ftjob-old1', 'T1', 'C1', 'U1', 'create', 1.0)"
+                )
+            )
+            conn.execute(
+                sa.text(
+                    "INSERT INTO finetune_outbox (key, watch_id, job_id, outcome, payload, created_at, attempts)"
+                    " SELECT 'ftjob-old1:C1:succeeded', id, 'ftjob-old1', 'succeeded', '{}', 1.0, 0"
+                    " FROM finetune_watches"
+                )
+            )
+        engine.dispose()
+        store = Store.from_url(url)
+        stack.callback(store.close)
+        with store.engine.connect() as conn:
+            assert conn.execute(sa.select(schema_info.c.version)).scalar() == SCHEMA_VERSION == 4
+        # The version 3 row is kept and is an outcome (no report was owed before version 4).
+        [item] = store.claim_outbox("r1", ttl=60)
+        assert item.key == "ftjob-old1:C1:succeeded" and not item.is_report and item.upload_file_id is None

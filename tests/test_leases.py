@@ -86,10 +86,10 @@ def test_unsent_notifications_are_released_on_shutdown(store: Store) -> None:
     watch = store.get_watch("ftjob-0", "C1")
     assert watch is not None
     store.finish_watch(watch, "succeeded", {"id": "ftjob-0", "status": "succeeded"})
-    assert len(store.claim_outbox("r1", ttl=60)) == 1
+    assert len(store.claim_outbox("r1", ttl=60)) == 2  # the outcome and its report
     assert store.claim_outbox("r2", ttl=60) == []
-    assert store.release_outbox("r1") == 1
-    assert len(store.claim_outbox("r2", ttl=60)) == 1
+    assert store.release_outbox("r1") == 2
+    assert len(store.claim_outbox("r2", ttl=60)) == 2
 
 
 async def test_a_reserved_reply_holds_the_drain_until_its_task_ends() -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from bot.store import SCHEMA_VERSION, Store, outbox_key, schema_info
+from bot.store import SCHEMA_VERSION, Store, outbox_key, report_key, schema_info
 from tests.db import fresh_postgres_database
 
 
@@ -75,33 +75,55 @@ def test_finishing_writes_one_outbox_row_and_ends_the_watch(store: Store) -> Non
     watch, _ = add(store, "ftjob-a")
     assert store.finish_watch(watch, "succeeded", {"id": "ftjob-a", "status": "succeeded"})
     assert not store.finish_watch(watch, "succeeded", {"id": "ftjob-a", "status": "succeeded"})
-    [item] = store.outbox_items()
+    # The outcome, and (its own row, in the same transaction) the completion report that follows it.
+    [item, report] = store.outbox_items()
     assert item.key == outbox_key("ftjob-a", "C1", "succeeded") and item.payload["status"] == "succeeded"
+    assert report.key == report_key("ftjob-a", "C1") and report.is_report and not item.is_report
     assert store.channel_watches("C1") == []
+
+
+def test_a_report_follows_its_outcome_and_remembers_its_upload(store: Store) -> None:
+    watch, _ = add(store, "ftjob-a")
+    store.finish_watch(watch, "succeeded", {"id": "ftjob-a", "status": "succeeded"})
+    # A process that makes no reports leaves them alone.
+    [outcome] = store.claim_outbox("r1", ttl=60, include_reports=False)
+    assert not outcome.is_report
+    [report] = store.claim_outbox("r1", ttl=60)[1:]
+    assert store.outcome_of(report.watch_id) == store.claim_outbox("r1", ttl=60)[0]
+    assert not store.record_upload(report.id, "r2", "F1")  # not r2's lease
+    assert store.record_upload(report.id, "r1", "F123")
+    [_, taken] = store.claim_outbox("r1", ttl=60)
+    assert taken.upload_file_id == "F123"
+
+
+def test_unwatched_and_vanished_jobs_owe_no_report(store: Store) -> None:
+    watch, _ = add(store, "ftjob-a")
+    store.finish_watch(watch, "missing", {"id": "ftjob-a"})
+    assert [i.outcome for i in store.outbox_items()] == ["missing"]
 
 
 def test_outbox_claims_are_exclusive_and_attempts_need_the_lease(store: Store) -> None:
     watch, _ = add(store, "ftjob-a")
     store.finish_watch(watch, "failed", {"id": "ftjob-a", "status": "failed"})
     now = time.time()
-    [item] = store.claim_outbox("r1", now=now, ttl=60)
-    assert store.claim_outbox("r2", now=now, ttl=60) == []  # leased by r1
+    [item] = store.claim_outbox("r1", now=now, ttl=60, include_reports=False)
+    assert store.claim_outbox("r2", now=now, ttl=60, include_reports=False) == []  # leased by r1
     assert not store.record_attempt(item.id, "r2", "C1", "1.0")
     assert store.record_attempt(item.id, "r1", "C1", "1.0")
     # r1 dies; once its lease expires r2 gets the row, with the attempt recorded for checking.
-    [taken] = store.claim_outbox("r2", now=now + 61, ttl=60)
+    [taken] = store.claim_outbox("r2", now=now + 61, ttl=60, include_reports=False)
     assert taken.attempt_channel == "C1" and taken.attempt_started_at is not None and taken.attempts == 1
     store.mark_sent(taken.id, channel="C1", ts="9.9")
-    assert store.claim_outbox("r1", now=now + 200, ttl=60) == []
+    assert store.claim_outbox("r1", now=now + 200, ttl=60, include_reports=False) == []
 
 
 def test_deferred_rows_wait_their_turn(store: Store) -> None:
     watch, _ = add(store, "ftjob-a")
     store.finish_watch(watch, "failed", {"id": "ftjob-a"})
-    [item] = store.claim_outbox("r1", now=time.time(), ttl=60)
+    [item] = store.claim_outbox("r1", now=time.time(), ttl=60, include_reports=False)
     store.defer(item.id, error="ratelimited", retry_in=30)
-    assert store.claim_outbox("r1", now=time.time(), ttl=60) == []
-    assert len(store.claim_outbox("r1", now=time.time() + 31, ttl=60)) == 1
+    assert store.claim_outbox("r1", now=time.time(), ttl=60, include_reports=False) == []
+    assert len(store.claim_outbox("r1", now=time.time() + 31, ttl=60, include_reports=False)) == 1
 
 
 def test_replicas_divide_the_watches(store: Store) -> None:
@@ -140,7 +162,7 @@ def test_concurrent_claims_never_overlap(store: Store) -> None:
     for t in threads:
         t.join()
     every = [i for ids in claimed.values() for i in ids]
-    assert len(every) == len(set(every)) == 40
+    assert len(every) == len(set(every)) == 80  # 40 outcomes and their 40 reports
 
 
 def test_webhook_ids_are_remembered(store: Store) -> None:
