@@ -102,7 +102,11 @@ def test_card_shown_records_digests_without_an_edit_time(tmp_path: Path) -> None
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 def test_a_version_3_outbox_gains_the_report_column_in_place(tmp_path: Path, kind: str) -> None:
     with contextlib.ExitStack() as stack:
-        url = f"sqlite:///{tmp_path}/v3.db" if kind == "sqlite" else stack.enter_context(fresh_postgres_database())
+        url = (
+            f"sqlite:///{tmp_path}/v3.db"
+            if kind == "sqlite"
+            else stack.enter_context(fresh_postgres_database())
+        )
         engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
         with engine.begin() as conn:
             metadata.create_all(conn)
@@ -116,7 +120,8 @@ def test_a_version_3_outbox_gains_the_report_column_in_place(tmp_path: Path, kin
             )
             conn.execute(
                 sa.text(
-                    "INSERT INTO finetune_outbox (key, watch_id, job_id, outcome, payload, created_at, attempts)"
+                    "INSERT INTO finetune_outbox"
+                    " (key, watch_id, job_id, outcome, payload, created_at, attempts)"
                     " SELECT 'ftjob-old1:C1:succeeded', id, 'ftjob-old1', 'succeeded', '{}', 1.0, 0"
                     " FROM finetune_watches"
                 )

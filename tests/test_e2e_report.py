@@ -176,7 +176,10 @@ def test_killed_between_upload_and_share_reports_exactly_once(
             # The restart looked in the thread and found the chart before making another.
             fake_slack.wait_for(lambda s: s.calls_to("conversations.replies"), timeout=15)
         wait_until(
-            lambda: "report" in restarted.logs and ("already in Slack" in restarted.logs or "posted the report" in restarted.logs),
+            lambda: (
+                "report" in restarted.logs
+                and ("already in Slack" in restarted.logs or "posted the report" in restarted.logs)
+            ),
             20,
             "the restart to settle the report",
         )
@@ -191,7 +194,9 @@ def test_killed_between_upload_and_share_reports_exactly_once(
 def test_report_command_on_a_running_job_posts_the_chart_so_far(h: Harness) -> None:
     job_id, announcement = start_job(h)
     h.openai.set_status(job_id, "running")
-    h.openai.add_metrics_events(job_id, [{"step": s, "train_loss": 2.0 - s / 50, "total_steps": 90} for s in range(1, 31)])
+    h.openai.add_metrics_events(
+        job_id, [{"step": s, "train_loss": 2.0 - s / 50, "total_steps": 90} for s in range(1, 31)]
+    )
     response, key = h.command(f"report {job_id}")
     assert response.status_code == 200
     reply = h.reply(key, timeout=30)

@@ -30,4 +30,5 @@ def test_manifest_declares_the_command_and_the_scopes_the_bot_uses() -> None:
     scopes = set(manifest["oauth_config"]["scopes"]["bot"])
     # chat:write for posts, im:write for the DM fallback, *:history for the exactly-once check,
     # files:write for the completion report's chart.
-    assert {"commands", "chat:write", "im:write", "channels:history", "groups:history", "files:write"} <= scopes
+    needed = {"commands", "chat:write", "im:write", "channels:history", "groups:history", "files:write"}
+    assert needed <= scopes
