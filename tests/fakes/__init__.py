@@ -11,6 +11,7 @@ from .slack import (
     RecordedMessage,
     RecordedResponse,
     RecordedUpdate,
+    RecordedUpload,
 )
 
 __all__ = [
@@ -25,5 +26,6 @@ __all__ = [
     "RecordedRequest",
     "RecordedResponse",
     "RecordedUpdate",
+    "RecordedUpload",
     "sign_slack_request",
 ]

@@ -9,6 +9,7 @@ a response the real API could not produce.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import copy
 import json
@@ -17,7 +18,7 @@ import random
 import re
 import string
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -130,6 +131,38 @@ _STATUS_EVENTS: dict[str, tuple[str, str]] = {
 
 
 IDEMPOTENCY_WINDOW = 24 * 3600.0
+
+# Result files: the name OpenAI gives them and the purpose the spec's OpenAIFile enum has for them.
+RESULT_FILENAME = "step_metrics.csv"
+RESULT_PURPOSE = "fine-tune-results"
+_RESULT_CSV_HEADER = b"step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy\n"
+_STREAM_CHUNK = 64 * 1024
+
+
+@dataclass(frozen=True)
+class _GeneratedContent:
+    """A file body made up on the fly (serve_large_content), never held whole in memory."""
+
+    size: int
+    content_length: bool
+
+    def chunks(self) -> Iterator[bytes]:
+        # A CSV header, then one 64 KiB block of plausible rows repeated: enough to look like a
+        # result file to a parser that gives up at a size cap, at no cost per request.
+        rows = bytearray()
+        step = 1
+        while len(rows) < _STREAM_CHUNK:
+            rows += f"{step},{2.0 / step:.6f},{0.5 + step / 1e6:.6f},,\n".encode()
+            step += 1
+        block = bytes(rows[:_STREAM_CHUNK])
+        remaining = self.size
+        head = _RESULT_CSV_HEADER[:remaining]
+        yield head
+        remaining -= len(head)
+        while remaining > 0:
+            piece = block[:remaining]
+            yield piece
+            remaining -= len(piece)
 
 
 class ApiError(Exception):
@@ -254,6 +287,7 @@ class FakeOpenAI(FakeServer):
         self._checkpoints: dict[str, list[dict[str, Any]]] = {}
         self._files: dict[str, dict[str, Any]] = {}
         self._file_contents: dict[str, bytes] = {}
+        self._generated: dict[str, _GeneratedContent] = {}  # serve_large_content()
         self._requests: list[RecordedRequest] = []
         self._faults: list[Fault] = []
         self._schema_errors: list[str] = []
@@ -649,6 +683,58 @@ class FakeOpenAI(FakeServer):
             self._checkpoints[job_id].append(checkpoint)
             return copy.deepcopy(checkpoint)
 
+    def add_result_file(self, job_id: str, content: bytes | str, *, base64_encoded: bool = False) -> str:
+        """Give a job its result file (the step-metrics CSV) and return the file's id.
+
+        The file gets purpose "fine-tune-results" and name step_metrics.csv, and the job's
+        ``result_files`` becomes ``[file_id]`` (checked against the spec like any change).
+        ``base64_encoded=True`` stores, and so serves, the content base64-encoded, as
+        ``GET /files/{id}/content`` is reported to return it at times (FACTS-interactive §9).
+        """
+        data = content.encode() if isinstance(content, str) else content
+        if base64_encoded:
+            data = base64.b64encode(data)
+        with self.lock:
+            job = self._job_or_key_error(job_id)
+            file = self.add_file(RESULT_FILENAME, data, purpose=RESULT_PURPOSE)
+            updated = {**copy.deepcopy(job), "result_files": [file["id"]]}
+            self._check("FineTuningJob", updated)
+            self._jobs[job_id] = updated
+        return file["id"]
+
+    def serve_large_content(self, file_id: str, size_bytes: int, *, content_length: bool = True) -> None:
+        """Make ``GET /files/{file_id}/content`` stream ``size_bytes`` of generated CSV, produced
+        chunk by chunk so a 50 MB body costs the test nothing to hold; the file's ``bytes`` becomes
+        ``size_bytes``. ``content_length=False`` streams it chunked, with no Content-Length, so
+        only a reader that counts what it has read can stop at a cap."""
+        if size_bytes < 0:
+            raise ValueError("size_bytes must be >= 0")
+        with self.lock:
+            file = self._files.get(file_id)
+            if file is None:
+                raise KeyError(f"FakeOpenAI has no file {file_id!r}; known: {list(self._files)}")
+            file["bytes"] = size_bytes
+            self._file_contents[file_id] = b""
+            self._generated[file_id] = _GeneratedContent(size_bytes, content_length)
+
+    def add_metrics_events(self, job_id: str, points: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Add one ``type="metrics"`` event per point, ``data`` being the point (e.g. ``{"step": 1,
+        "train_loss": 2.1, "total_steps": 300}``), in the given order: each later point is newer
+        (created_at never decreases and ties go to the later one), so listing, newest first,
+        starts with the last point. created_at runs up to now, one second apart, never before the
+        job's latest event."""
+        batch = [dict(point) for point in points]
+        with self.lock:
+            events = self._events[self._job_or_key_error(job_id)["id"]]
+            floor = max((e["created_at"] for e in events), default=0)
+            now = int(time.time())
+            added = []
+            for i, data in enumerate(batch):
+                when = max(floor, now - (len(batch) - 1 - i))
+                message = _metrics_message(data)
+                added.append(self.add_event(job_id, message, type="metrics", data=data, created_at=when))
+        return added
+
     def webhook_payload(self, job_id: str, event_type: str | None = None) -> dict[str, Any]:
         """The body OpenAI would POST to a webhook endpoint for this job (spec ``webhooks``).
 
@@ -758,6 +844,9 @@ class FakeOpenAI(FakeServer):
             rec.fault = fault.kind
             return await self._apply_fault(fault, request, rec)
         response = await self._respond(request, api_path, raw, form)
+        if isinstance(response, _GeneratedContent):
+            rec.status = 200
+            return await _stream(request, response)
         rec.status = response.status
         return response
 
@@ -767,7 +856,7 @@ class FakeOpenAI(FakeServer):
         api_path: str,
         raw: bytes,
         form: MultiDictProxy[str | bytes | web.FileField] | None,
-    ) -> web.Response:
+    ) -> web.Response | _GeneratedContent:
         op: Operation | None = None
         try:
             if request.path.startswith("/v1/"):
@@ -787,7 +876,7 @@ class FakeOpenAI(FakeServer):
                     self._idempotent[key] = (time.time(), raw, copy.deepcopy(result))
         except ApiError as exc:
             return self._error_response(exc, op)
-        if isinstance(result, web.Response):
+        if isinstance(result, web.Response | _GeneratedContent):
             return result
         return self._json_response(op, result)
 
@@ -1087,11 +1176,17 @@ class FakeOpenAI(FakeServer):
         self._file_or_404(file_id)
         del self._files[file_id]
         del self._file_contents[file_id]
+        self._generated.pop(file_id, None)
         return {"id": file_id, "object": "file", "deleted": True}
 
-    def _op_download_file(self, path: dict[str, str], query: dict[str, Any], body: Any) -> web.Response:
+    def _op_download_file(
+        self, path: dict[str, str], query: dict[str, Any], body: Any
+    ) -> web.Response | _GeneratedContent:
         file_id = path["file_id"]
         self._file_or_404(file_id)
+        generated = self._generated.get(file_id)
+        if generated is not None:
+            return generated  # streamed by _handle, outside the lock
         return web.Response(body=self._file_contents[file_id], content_type="application/octet-stream")
 
     def _op_create_job(
@@ -1223,6 +1318,35 @@ class FakeOpenAI(FakeServer):
             "last_id": page[-1]["id"] if page else None,
             "has_more": has_more,
         }
+
+
+async def _stream(request: web.Request, content: _GeneratedContent) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+    if content.content_length:
+        response.content_length = content.size
+    else:
+        response.enable_chunked_encoding()
+    await response.prepare(request)
+    try:
+        for chunk in content.chunks():
+            await response.write(chunk)
+        await response.write_eof()
+    except ConnectionResetError:
+        # The reader hung up at its size cap: what the hook exists to exercise, not an error.
+        pass
+    return response
+
+
+def _metrics_message(data: dict[str, Any]) -> str:
+    """The message OpenAI writes on a metrics event, e.g. "Step 12/300: training loss=1.23"."""
+    step, total = data.get("step"), data.get("total_steps")
+    where = f"Step {step}/{total}" if step is not None and total is not None else f"Step {step}"
+    parts = [
+        f"{label}={data[key]:.2f}"
+        for key, label in (("train_loss", "training loss"), ("valid_loss", "validation loss"))
+        if isinstance(data.get(key), int | float)
+    ]
+    return f"{where}: {', '.join(parts)}" if parts else where
 
 
 def _describe_form(form: MultiDictProxy[str | bytes | web.FileField] | None) -> dict[str, str] | None:

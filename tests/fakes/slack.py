@@ -1,7 +1,10 @@
-"""A fake Slack: Web API (``/api/<method>``), response_url receiver and Socket Mode websocket.
+"""A fake Slack: Web API (``/api/<method>``), response_url receiver, Socket Mode websocket and the
+external file upload (``files.getUploadURLExternal`` → POST to ``/upload/v1/<token>`` →
+``files.completeUploadExternal``).
 
 Point slack_sdk at it with ``AsyncWebClient(token=..., base_url=fake.api_url)``; Socket Mode clients
-find the websocket through ``apps.connections.open`` exactly as they do against Slack.
+find the websocket through ``apps.connections.open`` exactly as they do against Slack, and upload
+URLs point back at this server, so ``files_upload_v2`` works unchanged.
 """
 
 from __future__ import annotations
@@ -11,6 +14,9 @@ import contextlib
 import itertools
 import json
 import math
+import mimetypes
+import secrets
+import string
 import time
 import urllib.parse
 import uuid
@@ -49,6 +55,30 @@ _MAX_BUTTON_TEXT = 75
 _MAX_BUTTON_VALUE = 2000
 _MAX_ACTION_ID = 255
 _CONFIRM_LIMITS = {"title": 100, "text": 300, "confirm": 30, "deny": 30}
+# External uploads (FACTS-interactive §3).
+_MAX_ALT_TXT = 1000
+_MAX_UPLOAD_BYTES = 100 * 1024**2  # the fake's own request cap; Slack's is 1 GB
+# Scopes the bot token holds unless a test revokes one: the manifest's, plus files:write for the
+# completion report's chart.
+DEFAULT_BOT_SCOPES = (
+    "commands",
+    "chat:write",
+    "chat:write.public",
+    "im:write",
+    "channels:history",
+    "groups:history",
+    "im:history",
+    "mpim:history",
+    "files:write",
+)
+# The methods whose scope the fake checks: files:write is the one scope an existing install can
+# lack (it came with the completion report), so only its absence is worth simulating.
+_NEEDED_SCOPE = {
+    "files.getUploadURLExternal": "files:write",
+    "files.completeUploadExternal": "files:write",
+}
+# Pseudo-methods fail_next() understands besides Web API method names; "*" never matches them.
+_PSEUDO_METHODS = ("response_url", "upload")
 
 
 @dataclass
@@ -74,6 +104,39 @@ class RecordedMessage:
     time: float
     attachments: list[dict[str, Any]] | None = None
     edits: int = 0  # how many chat.update calls changed it; text/blocks hold the latest version
+    # Set on the message files.completeUploadExternal shares: the file objects, as Slack lists them.
+    files: list[dict[str, Any]] | None = None
+
+
+@dataclass
+class RecordedUpload:
+    """One file completed with files.completeUploadExternal (its bytes received before)."""
+
+    file_id: str
+    filename: str
+    title: str
+    alt_txt: str | None
+    data: bytes
+    length: int  # as declared to files.getUploadURLExternal
+    channel: str | None  # None: completed without a channel, so the file stays private
+    thread_ts: str | None
+    initial_comment: str | None
+    blocks: list[dict[str, Any]] | None
+    ts: str | None  # of the share message; None until shared (share_delay), or never (dropped)
+    time: float
+    dropped: bool = False  # drop_shares(): Slack said ok and the share never appeared
+
+
+@dataclass
+class _PendingUpload:
+    file_id: str
+    token: str
+    filename: str
+    length: int
+    alt_txt: str | None
+    snippet_type: str | None
+    data: bytes | None = None  # None until a POST to the upload URL succeeds
+    completed: bool = False
 
 
 @dataclass
@@ -118,7 +181,7 @@ class SlackFault:
     channel: str | None = None
 
     def matches(self, method: str, channel: str | None) -> bool:
-        if self.method == "response_url" or method == "response_url":
+        if self.method in _PSEUDO_METHODS or method in _PSEUDO_METHODS:
             if self.method != method:
                 return False
         elif self.method not in ("*", method):
@@ -165,6 +228,10 @@ class FakeSlack(FakeServer):
         self.latency: float = 0.0
         # chat.postMessage calls per second allowed per channel (None = unlimited); beyond it: 429.
         self.rate_limit_per_channel = rate_limit_per_channel
+        # Seconds between files.completeUploadExternal answering ok and the share message appearing.
+        # Slack shares asynchronously (it scans the file first), so a bot cannot count on finding the
+        # message the moment completion returns; 0 shares at once. Settable any time.
+        self.share_delay: float = 0.0
         self._builtin: dict[str, tuple[MethodHandler, TokenKind]] = {
             "auth.test": (self._auth_test, "bot"),
             "chat.postMessage": (self._chat_post_message, "bot"),
@@ -175,6 +242,8 @@ class FakeSlack(FakeServer):
             "conversations.replies": (self._conversations_replies, "bot"),
             "users.info": (self._users_info, "bot"),
             "apps.connections.open": (self._apps_connections_open, "app"),
+            "files.getUploadURLExternal": (self._files_get_upload_url_external, "bot"),
+            "files.completeUploadExternal": (self._files_complete_upload_external, "bot"),
         }
         self._sockets: list[web.WebSocketResponse] = []
         self._init_state()
@@ -194,9 +263,17 @@ class FakeSlack(FakeServer):
         self._faults: list[SlackFault] = []
         self._last_post: dict[str, float] = {}
         self._connection_count = 0
+        self._scopes: list[str] = list(DEFAULT_BOT_SCOPES)
+        self._pending_uploads: dict[str, _PendingUpload] = {}  # by upload-URL token
+        self._uploads_by_file: dict[str, _PendingUpload] = {}
+        self._uploads: list[RecordedUpload] = []
+        self._drop_shares = 0
+        # Bumped by reset() so a share still scheduled by share_delay lands in no later test.
+        self._generation = getattr(self, "_generation", 0) + 1
 
     def reset(self) -> None:
-        """Clear recorded traffic, faults, latency, rate limit and custom methods/users.
+        """Clear recorded traffic, faults, latency, rate limit, custom methods/users, uploads (pending
+        and completed), share_delay/drop_shares, and give back every revoked scope.
 
         Open Socket Mode connections are left alone (their count restarts at the current number).
         """
@@ -204,6 +281,7 @@ class FakeSlack(FakeServer):
         with self.lock:
             self.latency = 0.0
             self.rate_limit_per_channel = None
+            self.share_delay = 0.0
             self._init_state()
             self._connection_count = self.connected
 
@@ -241,6 +319,18 @@ class FakeSlack(FakeServer):
     def responses(self) -> list[RecordedResponse]:
         with self.lock:
             return list(self._responses)
+
+    @property
+    def uploads(self) -> list[RecordedUpload]:
+        """Files completed with files.completeUploadExternal, in completion order."""
+        with self.lock:
+            return list(self._uploads)
+
+    @property
+    def scopes(self) -> list[str]:
+        """The scopes the bot token holds now (see revoke_scope/grant_scope)."""
+        with self.lock:
+            return list(self._scopes)
 
     @property
     def socket_acks(self) -> list[dict[str, Any]]:
@@ -284,10 +374,11 @@ class FakeSlack(FakeServer):
             lines = [f"  web api calls ({len(self._calls)}, last 15):"]
             for c in self._calls[-15:]:
                 outcome = c.response.get("error", "ok") if isinstance(c.response, dict) else "-"
-                lines.append(f"    {c.method} channel={c.params.get('channel')} -> {c.status} {outcome}")
+                channel = c.params.get("channel") or c.params.get("channel_id")
+                lines.append(f"    {c.method} channel={channel} -> {c.status} {outcome}")
             lines.append(
                 f"  messages: {len(self._messages)}, updates: {len(self._updates)}, "
-                f"response_url posts: {len(self._responses)}"
+                f"response_url posts: {len(self._responses)}, uploads completed: {len(self._uploads)}"
             )
             lines.append(
                 f"  sockets open: {sum(1 for ws in self._sockets if not ws.closed)}, "
@@ -345,11 +436,14 @@ class FakeSlack(FakeServer):
         times: int = 1,
         channel: str | None = None,
     ) -> SlackFault:
-        """Fail the next ``times`` calls of ``method`` ("*" = any API method; "response_url").
+        """Fail the next ``times`` calls of ``method`` ("*" = any API method; "response_url";
+        "upload" = POSTs of file bytes to upload URLs).
 
         ``error`` alone -> HTTP 200 ``{"ok": false, "error": error}``; ``status`` -> that HTTP status
         (body ``{"ok": false, "error": ...}``); ``retry_after`` -> Retry-After header, and status
-        429 unless given. ``channel`` restricts the fault to calls for that channel.
+        429 unless given. ``channel`` restricts the fault to calls for that channel (``channel`` or,
+        for files.completeUploadExternal, ``channel_id``). An "upload" fault answers with ``status``
+        (500 unless given) and the bytes are not kept.
         """
         if times < 1:
             raise ValueError("times must be >= 1")
@@ -363,13 +457,42 @@ class FakeSlack(FakeServer):
         return fault
 
     def clear(self) -> None:
-        """Forget the traffic logs (calls, responses, socket_acks, envelopes). Posted messages are
-        state that chat.update relies on, so they stay; reset() clears everything."""
+        """Forget the traffic logs (calls, responses, socket_acks, envelopes, completed uploads).
+        Posted messages and uploads not yet completed are state that later calls rely on, so they
+        stay; reset() clears everything."""
         with self.lock:
             self._calls.clear()
             self._responses.clear()
             self._socket_acks.clear()
             self._envelopes.clear()
+            self._uploads.clear()
+
+    def revoke_scope(self, scope: str) -> None:
+        """Take ``scope`` from the bot token, as an admin who installed an older manifest would:
+        methods needing it answer ``missing_scope`` (only the file methods check scopes)."""
+        with self.lock:
+            if scope in self._scopes:
+                self._scopes.remove(scope)
+
+    def grant_scope(self, scope: str) -> None:
+        with self.lock:
+            if scope not in self._scopes:
+                self._scopes.append(scope)
+
+    def drop_shares(self, times: int = 1) -> None:
+        """The next ``times`` files.completeUploadExternal calls answer ok but the share message
+        never appears: Slack has been seen doing this (python-slack-sdk#1818, with alt_txt), so a
+        bot that must post a chart exactly once has to look for it rather than trust the ok."""
+        if times < 1:
+            raise ValueError("times must be >= 1")
+        with self.lock:
+            self._drop_shares += times
+
+    def upload_url(self, file_id: str) -> str | None:
+        """The upload URL files.getUploadURLExternal handed out for ``file_id`` (None if none)."""
+        with self.lock:
+            pending = self._uploads_by_file.get(file_id)
+            return self._upload_url_for(pending.token) if pending else None
 
     def clear_faults(self) -> None:
         with self.lock:
@@ -601,9 +724,10 @@ class FakeSlack(FakeServer):
     # -- HTTP plumbing --------------------------------------------------------------------------
 
     def _make_app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(client_max_size=_MAX_UPLOAD_BYTES)
         app.router.add_route("*", "/api/{method}", self._handle_api)
         app.router.add_post("/response/{key}", self._handle_response_url)
+        app.router.add_post("/upload/v1/{token}", self._handle_upload)
         app.router.add_get("/socket", self._handle_socket)
         return app
 
@@ -626,7 +750,9 @@ class FakeSlack(FakeServer):
 
         if self.latency > 0:
             await asyncio.sleep(self.latency)
-        fault = self._take_fault(method, params.get("channel"))
+        # files.completeUploadExternal names its channel channel_id; faults scoped to a channel
+        # apply to it the same way.
+        fault = self._take_fault(method, params.get("channel") or params.get("channel_id"))
         if fault is not None:
             return self._fault_response(call, fault)
 
@@ -642,6 +768,14 @@ class FakeSlack(FakeServer):
         problem = self._auth_problem(token, kind)
         if problem:
             return self._finish(call, 200, {"ok": False, "error": problem})
+        # Slack tells every bot-token caller which scopes it holds; a bot can check files:write
+        # with auth.test at start-up instead of discovering it on the first chart.
+        scope_header = {"X-OAuth-Scopes": ",".join(self.scopes)} if kind == "bot" else None
+        needed = _NEEDED_SCOPE.get(method)
+        if needed and needed not in self.scopes:
+            provided = ",".join(self.scopes)
+            body = {"ok": False, "error": "missing_scope", "needed": needed, "provided": provided}
+            return self._finish(call, 200, body, scope_header)
         if method == "chat.postMessage":
             wait = self._rate_limited(str(params.get("channel", "")))
             if wait is not None:
@@ -653,7 +787,7 @@ class FakeSlack(FakeServer):
                 result = handler(params)
         except _SlackError as exc:
             result = exc.body
-        return self._finish(call, 200, result)
+        return self._finish(call, 200, result, scope_header)
 
     def _finish(
         self, call: RecordedCall, status: int, body: dict[str, Any], headers: dict[str, str] | None = None
@@ -732,6 +866,56 @@ class FakeSlack(FakeServer):
             return web.Response(status=400, text="invalid_blocks")
         rec.status = 200
         return web.Response(text="ok")
+
+    async def _handle_upload(self, request: web.Request) -> web.StreamResponse:
+        """Step 2 of the external upload: the file's bytes, raw or as a multipart ``file`` field.
+
+        Like files.slack.com: HTTP 200 ``OK - <bytes>`` (text/plain, which slack_sdk reads as text)
+        on success, anything else is a failure. Recorded in ``calls`` as method "upload".
+        """
+        token = request.match_info["token"]
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        call = RecordedCall(method="upload", params={}, headers=headers, time=time.time(), token=None)
+        with self.lock:
+            self._calls.append(call)
+        # Read the whole body first: a client whose upload is refused still sent every byte.
+        data = await _read_upload_body(request)
+        with self.lock:
+            pending = self._pending_uploads.get(token)
+        call.params = {"file_id": pending.file_id if pending else None, "bytes": len(data or b"")}
+        if self.latency > 0:
+            await asyncio.sleep(self.latency)
+        fault = self._take_fault("upload", None)
+        if fault is not None:
+            status = fault.status or 500
+            reply = {"ok": False, "error": fault.error or "internal_error"}
+            retry = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else None
+            return self._finish_upload(call, status, reply["error"], reply, retry)
+        if pending is None or pending.completed:
+            # A token never issued, or one whose file was already completed: the URL is spent.
+            return self._finish_upload(call, 404, "Not Found", {"ok": False, "error": "not_found"})
+        if data is None:
+            return self._finish_upload(call, 400, "no file in the multipart body", {"ok": False})
+        with self.lock:
+            # A second POST before completion replaces the bytes: what a retried upload does.
+            pending.data = data
+            # latin-1 keeps every byte and any ASCII secret intact for the session's secret scan.
+            self.seen_text.append(data.decode("latin-1"))
+        return self._finish_upload(call, 200, f"OK - {len(data)}", {"ok": True})
+
+    @staticmethod
+    def _finish_upload(
+        call: RecordedCall,
+        status: int,
+        text: str,
+        recorded: dict[str, Any],
+        headers: dict[str, str] | None = None,
+    ) -> web.Response:
+        call.status, call.response = status, recorded
+        return web.Response(status=status, text=text, headers=headers)
+
+    def _upload_url_for(self, token: str) -> str:
+        return f"{self.origin}/upload/v1/{token}"
 
     async def _handle_socket(self, request: web.Request) -> web.StreamResponse:
         # autoping answers the client's "sdk-ping-pong:<t>" pings with matching pongs, which
@@ -880,6 +1064,8 @@ class FakeSlack(FakeServer):
             view["blocks"] = m.blocks
         if m.thread_ts:
             view["thread_ts"] = m.thread_ts
+        if m.files is not None:
+            view["files"] = [dict(f) for f in m.files]
         metadata = m.params.get("metadata")
         if with_metadata and isinstance(metadata, dict):
             view["metadata"] = metadata
@@ -945,6 +1131,144 @@ class FakeSlack(FakeServer):
     def _apps_connections_open(self, params: dict[str, Any]) -> dict[str, Any]:
         return {"ok": True, "url": self.socket_url}
 
+    def _files_get_upload_url_external(self, params: dict[str, Any]) -> dict[str, Any]:
+        filename = params.get("filename")
+        if not isinstance(filename, str) or not filename.strip():
+            raise _invalid_arguments("missing required field: filename")
+        length = _positive_int(params.get("length"))
+        if length is None:
+            raise _invalid_arguments("length must be an integer greater than 0")
+        alt_txt = params.get("alt_txt")
+        if alt_txt is not None and len(str(alt_txt)) > _MAX_ALT_TXT:
+            raise _SlackError("alt_txt_too_large")
+        file_id = _new_file_id(set(self._uploads_by_file))
+        token = secrets.token_urlsafe(24)
+        snippet_type = params.get("snippet_type")
+        pending = _PendingUpload(
+            file_id=file_id,
+            token=token,
+            filename=filename,
+            length=length,
+            alt_txt=str(alt_txt) if alt_txt is not None else None,
+            snippet_type=str(snippet_type) if snippet_type is not None else None,
+        )
+        self._pending_uploads[token] = pending
+        self._uploads_by_file[file_id] = pending
+        return {"ok": True, "upload_url": self._upload_url_for(token), "file_id": file_id}
+
+    def _files_complete_upload_external(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Step 3. Everything is checked before anything changes, so a refused call can be retried.
+
+        Errors the fake chooses where Slack documents none precisely: an unknown file id, a file
+        whose bytes never arrived, one already completed, or one whose bytes differ from the
+        declared ``length`` all answer ``file_not_found`` (the file is not usable; which of these
+        it was is in ``response_metadata.messages``); a malformed ``files`` is ``invalid_arguments``.
+        """
+        items = _parse_files_arg(params.get("files"))
+        channel_id = params.get("channel_id")
+        if channel_id:
+            channels = [str(channel_id)]
+        else:
+            channels = [c.strip() for c in str(params.get("channels") or "").split(",") if c.strip()]
+        thread_ts = str(params["thread_ts"]) if params.get("thread_ts") else None
+        if thread_ts and len(channels) != 1:
+            raise _invalid_arguments("thread_ts needs exactly one channel (channel_id)")
+        initial_comment = params.get("initial_comment")
+        comment = str(initial_comment) if initial_comment is not None else None
+        _, blocks, _ = _message_content({"text": comment, "blocks": params.get("blocks")}, require=False)
+
+        pendings: list[_PendingUpload] = []
+        for item in items:
+            pending = self._uploads_by_file.get(item["id"])
+            problem = _unusable_upload(item["id"], pending)
+            if problem:
+                raise _SlackError("file_not_found", response_metadata={"messages": [f"[ERROR] {problem}"]})
+            assert pending is not None
+            pendings.append(pending)
+
+        now = time.time()
+        file_objects: list[dict[str, Any]] = []
+        records: list[RecordedUpload] = []
+        for item, pending in zip(items, pendings, strict=True):
+            pending.completed = True
+            data = pending.data or b""
+            title = item.get("title") or pending.filename
+            file_objects.append(_file_object(pending, title, len(data), int(now)))
+            records.append(
+                RecordedUpload(
+                    file_id=pending.file_id,
+                    filename=pending.filename,
+                    title=title,
+                    alt_txt=pending.alt_txt,
+                    data=data,
+                    length=pending.length,
+                    channel=_resolve_channel(channels[0]) if channels else None,
+                    thread_ts=thread_ts,
+                    initial_comment=comment,
+                    blocks=blocks,
+                    ts=None,
+                    time=now,
+                )
+            )
+        self._uploads.extend(records)
+        if channels:
+            if self._drop_shares > 0:
+                self._drop_shares -= 1
+                for record in records:
+                    record.dropped = True
+            elif self.share_delay > 0:
+                generation = self._generation
+                asyncio.get_running_loop().call_later(
+                    self.share_delay,
+                    self._delayed_share,
+                    generation,
+                    channels,
+                    thread_ts,
+                    comment,
+                    blocks,
+                    file_objects,
+                    records,
+                    params,
+                )
+            else:
+                self._share(channels, thread_ts, comment, blocks, file_objects, records, params)
+        return {"ok": True, "files": [{"id": r.file_id, "title": r.title} for r in records]}
+
+    def _delayed_share(self, generation: int, *args: Any) -> None:
+        with self.lock:
+            if generation == self._generation:  # not reset in the meantime
+                self._share(*args)
+
+    def _share(
+        self,
+        channels: list[str],
+        thread_ts: str | None,
+        comment: str | None,
+        blocks: list[dict[str, Any]] | None,
+        file_objects: list[dict[str, Any]],
+        records: list[RecordedUpload],
+        params: dict[str, Any],
+    ) -> None:
+        """The message a completed upload shares: initial_comment as its text, the files attached."""
+        for i, channel in enumerate(channels):
+            ts = self._next_ts()
+            self._messages.append(
+                RecordedMessage(
+                    channel=_resolve_channel(channel),
+                    ts=ts,
+                    text=comment or "",
+                    blocks=blocks,
+                    thread_ts=thread_ts,
+                    reply_broadcast=False,
+                    params=params,
+                    time=time.time(),
+                    files=[dict(f) for f in file_objects],
+                )
+            )
+            if i == 0:
+                for record in records:
+                    record.ts = ts
+
 
 async def _read_params(request: web.Request) -> dict[str, Any]:
     """Merge query string and body the way Slack does: form or JSON bodies are both accepted."""
@@ -971,6 +1295,97 @@ async def _read_params(request: web.Request) -> dict[str, Any]:
             with contextlib.suppress(ValueError):
                 params[key] = json.loads(value)
     return params
+
+
+async def _read_upload_body(request: web.Request) -> bytes | None:
+    """The bytes of an upload: the raw body, or the multipart ``file`` field (else the first file
+    field); None when a multipart body carries no file."""
+    if request.content_type != "multipart/form-data":
+        return await request.read()
+    form = await request.post()
+    fields = [form.get("file"), *form.values()]
+    for value in fields:
+        if isinstance(value, web.FileField):
+            return value.file.read()
+    return None
+
+
+def _invalid_arguments(problem: str) -> _SlackError:
+    return _SlackError("invalid_arguments", response_metadata={"messages": [f"[ERROR] {problem}"]})
+
+
+def _positive_int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value > 0 else None
+    if isinstance(value, str) and value.strip().isdigit():
+        number = int(value)
+        return number if number > 0 else None
+    return None
+
+
+def _new_file_id(taken: set[str]) -> str:
+    alphabet = string.ascii_uppercase + string.digits
+    while True:
+        file_id = "F" + "".join(secrets.choice(alphabet) for _ in range(10))
+        if file_id not in taken:
+            return file_id
+
+
+def _parse_files_arg(value: Any) -> list[dict[str, str]]:
+    """``files``: a JSON array string ``[{"id": "F..", "title": ".."}]`` (slack_sdk, form bodies) or,
+    in a JSON body, the array itself."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise _invalid_arguments("files must be a JSON array") from None
+    if not isinstance(value, list) or not value:
+        raise _invalid_arguments("files must be a non-empty array of {id, title}")
+    items: list[dict[str, str]] = []
+    for item in value:
+        if not isinstance(item, dict) or not isinstance(item.get("id"), str) or not item["id"]:
+            raise _invalid_arguments("each file needs an id")
+        title = item.get("title")
+        if title is not None and not isinstance(title, str):
+            raise _invalid_arguments("a file title must be a string")
+        items.append({"id": item["id"], **({"title": title} if title else {})})
+    ids = [item["id"] for item in items]
+    if len(set(ids)) != len(ids):
+        raise _invalid_arguments("the same file id is listed twice")
+    return items
+
+
+def _unusable_upload(file_id: str, pending: _PendingUpload | None) -> str | None:
+    if pending is None:
+        return f"file {file_id} was never requested with files.getUploadURLExternal"
+    if pending.completed:
+        return f"file {file_id} was already completed; files.completeUploadExternal can only be called once"
+    if pending.data is None:
+        return f"no bytes were uploaded for file {file_id}"
+    if len(pending.data) != pending.length:
+        return f"file {file_id}: {len(pending.data)} bytes uploaded but length {pending.length} declared"
+    return None
+
+
+def _file_object(pending: _PendingUpload, title: str, size: int, created: int) -> dict[str, Any]:
+    """The file as a share message lists it (a subset of Slack's file object)."""
+    mimetype = mimetypes.guess_type(pending.filename)[0] or "application/octet-stream"
+    extension = pending.filename.rsplit(".", 1)[-1].lower() if "." in pending.filename else ""
+    obj: dict[str, Any] = {
+        "id": pending.file_id,
+        "created": created,
+        "name": pending.filename,
+        "title": title,
+        "mimetype": mimetype,
+        "filetype": extension or "binary",
+        "user": BOT_USER_ID,
+        "size": size,
+    }
+    if pending.alt_txt is not None:
+        obj["alt_txt"] = pending.alt_txt
+    return obj
 
 
 def _message_content(
@@ -1137,6 +1552,7 @@ def _default_user(user_id: str, name: str) -> dict[str, Any]:
 
 __all__ = [
     "DEFAULT_APP_TOKEN",
+    "DEFAULT_BOT_SCOPES",
     "DEFAULT_BOT_TOKEN",
     "FakeSlack",
     "RecordedCall",
@@ -1144,5 +1560,6 @@ __all__ = [
     "RecordedMessage",
     "RecordedResponse",
     "RecordedUpdate",
+    "RecordedUpload",
     "SlackFault",
 ]
