@@ -164,8 +164,11 @@ async def upload_picture(
     """Slack's current three-step upload, shared in `channel` (in the thread when `thread_ts`).
     Returns the file id, or None if `on_file_id` (which durably records the id before the file
     is shared) says the work is no longer ours. Slack errors raise `SlackApiError`."""
-    step1 = await slack.files_getUploadURLExternal(
-        filename=picture.filename, length=len(picture.png), alt_txt=picture.alt_text
+    # Form bodies, not slack_sdk's files_* helpers: those put every argument in the URL's query
+    # string, and the comment is a whole scorecard.
+    step1 = await slack.api_call(
+        "files.getUploadURLExternal",
+        data={"filename": picture.filename, "length": len(picture.png), "alt_txt": picture.alt_text},
     )
     file_id = str(step1["file_id"])
     if on_file_id is not None and not await on_file_id(file_id):
@@ -174,12 +177,15 @@ async def upload_picture(
     if response.status_code != 200:
         raise UploadFailed(f"the upload URL answered HTTP {response.status_code}")
     crash_point("report_before_share")
-    kwargs: dict[str, str] = {"channel_id": channel, "initial_comment": comment}
+    form: dict[str, str] = {
+        "files": json.dumps([{"id": file_id, "title": picture.title}]),
+        "channel_id": channel,
+        "initial_comment": comment,
+    }
     if thread_ts:
-        kwargs["thread_ts"] = thread_ts
-    await slack.files_completeUploadExternal(
-        files=[{"id": file_id, "title": picture.title}],
-        **kwargs,
-    )
+        form["thread_ts"] = thread_ts
+    # Slack shares the file just after answering (the share message can lag a moment); a restart
+    # that looks for it in the thread (bot/reporter.py) comes seconds later at the earliest.
+    await slack.api_call("files.completeUploadExternal", data=form)
     crash_point("report_after_share")
     return file_id
