@@ -1,7 +1,7 @@
 """`python -m bench.chart_measure RESULT_CSV CHECKPOINTS_JSON REPEATS`: parse and render the chart,
 print one JSON line of figures. Run by bench/chart.py in a fresh process, so that the memory figure
 is this work's alone: it imports what the chart worker imports (bot.chart, bot.training_metrics)
-and nothing of the benchmark harness.
+and nothing of the benchmark harness, and renders with the function the worker runs.
 
 Peak memory: after the imports, the kernel's peak-RSS counter (VmHWM) is reset by writing 5 to
 /proc/self/clear_refs (Linux 4.0+), so VmHWM afterwards is the peak during parse + render; where
@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from bot.chart import ChartInput, render_chart
+from bot.chart import ChartInput, render_in_worker
 from bot.training_metrics import checkpoints_from_api, parse_result_file
 
 
@@ -54,7 +54,7 @@ def measure(csv_path: Path, checkpoints_path: Path, repeats: int) -> dict[str, o
         series = parse_result_file(data)
         checkpoints = checkpoints_from_api(checkpoint_items)
         parsed = time.perf_counter()
-        png = render_chart(
+        png = render_in_worker(
             ChartInput("ftjob-bench · ft:gpt-4o-mini:bench::chart", series.points, checkpoints)
         )
         done = time.perf_counter()
