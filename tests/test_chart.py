@@ -23,7 +23,13 @@ from bot.chart import (
     envelope,
     render_chart,
 )
-from bot.training_metrics import CheckpointInfo, MetricPoint, checkpoints_from_api, parse_result_file
+from bot.training_metrics import (
+    CheckpointInfo,
+    MetricPoint,
+    ResultFileError,
+    checkpoints_from_api,
+    parse_result_file,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -233,6 +239,11 @@ async def test_renderer_renders_in_a_worker_process() -> None:
         assert png == render_chart(ChartInput("async", with_accuracy(), CHECKPOINTS))  # same picture
         with pytest.raises(ChartError, match="no loss"):
             await renderer.render(ChartInput("empty", ()))
+        # The result file can be read there too, off the event loop, with the same answers.
+        csv = synthetic_result_csv(500)
+        assert await renderer.parse(csv) == parse_result_file(csv)
+        with pytest.raises(ResultFileError):
+            await renderer.parse(b"not, a, metrics file\n")
         # Turns are taken: several at once all succeed.
         many = await asyncio.gather(*(renderer.render(ChartInput(f"n{i}", loss_only())) for i in range(3)))
         assert all(png_size(p) == (1600, 900) for p in many)
