@@ -346,12 +346,12 @@ def render_in_worker(spec: ChartInput) -> bytes:
 
 
 class ChartRenderer:
-    """Runs render_chart in a worker process, off the event loop.
+    """Runs render_chart (and, if wanted, parse_result_file) in a worker process, off the event loop.
 
-    One worker, started on the first render (spawned: a forked copy of a process with threads and
-    an event loop is unsafe) and restarted after it dies. Renders take turns, so each one's timeout
-    counts its own drawing, not the queue before it; a render that times out has its worker killed
-    so that a stuck one cannot hold up the rest.
+    One worker, started on the first call (spawned: a forked copy of a process with threads and an
+    event loop is unsafe) and restarted after it dies. Calls take turns, so each one's timeout
+    counts its own work, not the queue before it; a call that times out has its worker killed so
+    that a stuck render cannot hold up the rest.
     """
 
     def __init__(self, *, timeout: float = 60.0) -> None:
