@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,6 +51,7 @@ from bot.store import OutboxItem, Store, Watch
 log = logging.getLogger(__name__)
 
 METADATA_EVENT = "finetune_report"
+SLACK_USER_ID = re.compile(r"[UW][A-Z0-9]{2,30}")
 # How long an owed report is retried while OpenAI or Slack is unavailable before it is given up.
 GIVE_UP_SECONDS = 6 * 3600.0
 # Upload attempts (transient failures) before the scorecard goes without its picture.
@@ -147,13 +149,15 @@ class Reporter:
     async def _on_demand_report(
         self, job_id: str, channel: str, thread_ts: str | None, requested_by: str
     ) -> OnDemandReport:
-        data = await gather_report(self._openai, job_id)
+        data = await gather_report(self._openai, job_id, parse=self._renderer.parse)
         partial = data.job.status not in TERMINAL_STATUSES
-        card = data.scorecard()
+        card = data.scorecard(int(self._clock()))
         if not data.worth_posting:
             return OnDemandReport(posted=False, private_text=scorecard_text(card, partial=partial))
         png, problem = await self._picture(data)
-        asked = f"<@{requested_by}> asked for this report."
+        # The mention is ours (a user id from Slack's signed payload, shape-checked), appended
+        # after the scorecard's own escaping so that it stays a mention.
+        asked = f"\n<@{requested_by}> asked for this report." if SLACK_USER_ID.fullmatch(requested_by) else ""
         try:
             if png is not None:
                 try:
@@ -163,7 +167,7 @@ class Reporter:
                         picture_meta(card, png),
                         channel=channel,
                         thread_ts=thread_ts,
-                        comment=scorecard_text(card, partial=partial, note=asked),
+                        comment=scorecard_text(card, partial=partial) + asked,
                     )
                     return OnDemandReport(posted=True)
                 except SlackApiError as error:
@@ -174,11 +178,10 @@ class Reporter:
                 except (UploadFailed, httpx.HTTPError) as error:
                     log.warning("on-demand report of %s: the upload failed (%s)", job_id, error)
                     problem = "The chart could not be uploaded to Slack."
-            note = f"{problem}\n{asked}" if problem else asked
             await self._slack.chat_postMessage(
                 channel=channel,
                 thread_ts=thread_ts,
-                text=scorecard_text(card, partial=partial, note=note),
+                text=scorecard_text(card, partial=partial, note=problem) + asked,
                 unfurl_links=False,
                 unfurl_media=False,
             )
@@ -245,7 +248,7 @@ class Reporter:
                 return
 
         try:
-            data = await gather_report(self._openai, item.job_id)
+            data = await gather_report(self._openai, item.job_id, parse=self._renderer.parse)
         except NotFoundError:
             await self._finish(item, None, None, "job gone at OpenAI")
             log.info("no report for %s: OpenAI no longer has the job", item.job_id)
@@ -263,7 +266,7 @@ class Reporter:
         ):
             log.info("the report of %s is no longer ours; skipping", item.job_id)
             return
-        card = data.scorecard()
+        card = data.scorecard(int(self._clock()))
         try:
             if png is not None and item.attempts < UPLOAD_ATTEMPTS:
                 try:
@@ -319,7 +322,7 @@ class Reporter:
     async def _picture(self, data: ReportData) -> tuple[bytes | None, str | None]:
         if data.series is None or not data.series.points:
             return None, None
-        card = data.scorecard()
+        card = data.scorecard(int(self._clock()))
         try:
             png = await self._renderer.render(
                 ChartInput(chart_title(card), data.series.points, data.checkpoints)

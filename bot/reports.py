@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import httpx
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot.chart import ChartError
 from bot.crash import crash_point
 from bot.models import FineTuningJob
 from bot.openai_client import FileTooLargeError, FineTuningClient, NotFoundError
@@ -72,8 +73,8 @@ class ReportData:
     checkpoints: tuple[CheckpointInfo, ...]
     problems: tuple[str, ...]  # why a better source was not used (plain text, for the log)
 
-    def scorecard(self) -> Scorecard:
-        return build_scorecard(self.job, self.series, self.checkpoints)
+    def scorecard(self, now: int | None = None) -> Scorecard:
+        return build_scorecard(self.job, self.series, self.checkpoints, now=now)
 
     @property
     def worth_posting(self) -> bool:
@@ -81,9 +82,18 @@ class ReportData:
         return bool((self.series is not None and self.series.points) or self.checkpoints)
 
 
-async def gather_report(openai: FineTuningClient, job_id: str) -> ReportData:
+Parse = Callable[[bytes], Awaitable[MetricSeries]]
+
+
+async def _parse_here(data: bytes) -> MetricSeries:
+    return parse_result_file(data)
+
+
+async def gather_report(openai: FineTuningClient, job_id: str, *, parse: Parse = _parse_here) -> ReportData:
     """Everything a report shows, read fresh. OpenAI errors other than a missing result file
-    propagate: the caller decides whether to retry."""
+    propagate: the caller decides whether to retry. `parse` reads the result file; the bot passes
+    `ChartRenderer.parse`, which does it in the worker process (a big file is seconds of pure
+    Python that would otherwise stall every acknowledgement)."""
     job = await openai.retrieve_job(job_id)
     problems: list[str] = []
     series: MetricSeries | None = None
@@ -91,13 +101,15 @@ async def gather_report(openai: FineTuningClient, job_id: str) -> ReportData:
         file_id = job.result_files[0]
         try:
             data = await openai.download_file(file_id, max_bytes=MAX_RESULT_FILE_BYTES)
-            series = parse_result_file(_unwrap_json_string(data))
+            series = await parse(_unwrap_json_string(data))
         except FileTooLargeError as error:
             problems.append(f"result file {file_id} is too large ({error})")
         except ResultFileError as error:
             problems.append(f"result file {file_id} is not a metrics CSV ({error})")
         except NotFoundError:
             problems.append(f"result file {file_id} is gone")
+        except ChartError as error:  # the worker failed or timed out on it
+            problems.append(f"result file {file_id} could not be read ({error})")
     if series is None or not series.points:
         from_events = series_from_events(await _metrics_events(openai, job_id))
         if from_events.points or series is None:

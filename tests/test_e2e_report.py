@@ -83,7 +83,8 @@ def test_success_posts_one_chart_with_its_scorecard_in_the_thread_after_the_outc
     assert job_id in comment and "Training loss" in comment and "Validation loss" in comment
     assert "ckpt-step-60" in comment and "best by validation loss" in comment
     # The alt text states the numbers, for screen readers and for notifications.
-    assert upload.alt_txt and "0.29" in upload.alt_txt.replace("0.290", "0.29")
+    final_train_loss = f"{2.0 / (1 + 60 / 10):.3f}"  # result_csv()'s last step
+    assert upload.alt_txt and final_train_loss in upload.alt_txt and final_train_loss in comment
     h.wait_poll_cycles(2)  # complete cycles after the report: still one of each
     assert len(h.slack.uploads) == 1 and len(outcomes(h, job_id)) == 1
     assert report_messages(h, job_id) == []
@@ -150,7 +151,7 @@ def test_without_files_write_the_numbers_go_alone_and_say_why(h: Harness) -> Non
 
 
 def test_a_failing_upload_is_retried_and_the_outcome_never_waits(h: Harness) -> None:
-    h.slack.fail_uploads(2, status=500)
+    h.slack.fail_next("upload", status=500, times=2)
     job_id, _ = start_job(h)
     succeed_with_metrics(h, job_id)
     h.slack.wait_for(lambda s: outcomes(h, job_id), timeout=15)
