@@ -35,6 +35,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, MaxNLocator, PercentFormatter
 
+from bot.crash import crash_point
 from bot.training_metrics import CheckpointInfo, MetricPoint, MetricSeries, ResultFileError, parse_result_file
 
 WIDTH_PX, HEIGHT_PX, DPI = 1600, 900, 100
@@ -339,6 +340,7 @@ def render_in_worker(spec: ChartInput) -> bytes:
     would otherwise wait for a rare generation-2 collection, and in a long-lived worker two or three
     uncollected 10,000-step figures double its peak memory (measured: 43 MB above the baseline
     instead of 20 MB after six renders)."""
+    crash_point("chart_worker")  # the e2e tests' way to make the renderer fail for real
     try:
         return render_chart(spec)
     finally:

@@ -219,3 +219,41 @@ def test_report_command_elsewhere_posts_in_the_channel_or_answers_privately(h: H
     _, key = h.command(f"report {quiet['id']}", channel_id="C777")
     text = all_text(h.reply(key, timeout=30))
     assert "No step metrics" in text and len(h.slack.uploads) == 1
+
+
+def test_a_renderer_that_dies_leaves_the_numbers_alone_in_the_thread(
+    fake_openai: FakeOpenAI, fake_slack: FakeSlack, tmp_path: Path
+) -> None:
+    """The chart worker process is SIGKILLed mid-render (FINETUNE_CRASH_AT=chart_worker): the bot
+    lives on, and the thread gets the scorecard saying the chart could not be drawn."""
+    bot = start_bot(
+        fake_openai, fake_slack, tmp_path, POLL_INTERVAL_SECONDS="1", FINETUNE_CRASH_AT="chart_worker"
+    )
+    h = Harness(bot, fake_openai, fake_slack)
+    try:
+        job_id, announcement = start_job(h)
+        succeed_with_metrics(h, job_id)
+        [message] = fake_slack.wait_for(lambda s: report_messages(h, job_id), timeout=30)
+        assert message.thread_ts == announcement.ts
+        assert "could not be drawn" in (message.text or "") and "Training loss" in (message.text or "")
+        assert fake_slack.uploads == [] and len(outcomes(h, job_id)) == 1
+        assert bot.process is not None and bot.process.poll() is None
+        # The next job's chart is tried again with a new worker (which dies the same way here).
+        second, _ = start_job(h)
+        succeed_with_metrics(h, second)
+        fake_slack.wait_for(lambda s: report_messages(h, second), timeout=30)
+    finally:
+        assert bot.stop() == 0, bot.logs
+    assert "Traceback" not in bot.logs
+
+
+def test_a_huge_result_file_is_not_read_whole_and_the_events_stand_in(h: Harness) -> None:
+    job_id, announcement = start_job(h)
+    file_id = h.openai.add_result_file(job_id, result_csv())
+    h.openai.serve_large_content(file_id, 50 * 1024 * 1024, content_length=False)
+    h.openai.add_metrics_events(job_id, [{"step": s, "train_loss": 1.5 - s / 100} for s in range(1, 81)])
+    h.openai.set_status(job_id, "succeeded", result_files=[file_id])
+    h.slack.wait_for(lambda s: outcomes(h, job_id), timeout=15)
+    [upload] = h.slack.wait_for(lambda s: s.uploads, timeout=30)
+    assert upload.thread_ts == announcement.ts and "0.700" in (upload.initial_comment or "")
+    assert "too large" in h.bot.logs
