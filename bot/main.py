@@ -12,7 +12,7 @@ from dotenv import load_dotenv
 
 from bot.config import Settings, load_settings
 from bot.logs import configure_logging
-from bot.preflight import Refused, run_check, verify_app_token, verify_bot_token
+from bot.preflight import Refused, run_check, scope_warnings, verify_app_token, verify_bot_token
 from bot.slack_app import BotIdentity
 
 log = logging.getLogger("bot")
@@ -77,6 +77,8 @@ async def check_slack(settings: Settings) -> tuple[BotIdentity | None, str | Non
         identity = None
     else:
         log.info("Slack bot user %s in workspace %s", identity.user_id, identity.team)
+        for line in scope_warnings(identity):
+            log.warning("%s", line)
     if isinstance(app, BaseException):
         log.warning("%s; connecting in the background", app)
     return identity, None

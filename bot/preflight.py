@@ -57,7 +57,23 @@ async def verify_bot_token(settings: Settings) -> BotIdentity:
         raise Unreachable(
             f"could not reach Slack at SLACK_API_URL ({settings.slack_api_url}): {describe_error(error)}"
         ) from None
-    return BotIdentity.from_auth_test(response.data if isinstance(response.data, dict) else {})
+    return BotIdentity.from_auth_test(
+        response.data if isinstance(response.data, dict) else {}, response.headers
+    )
+
+
+# Scopes whose absence does not stop the bot but loses a feature: said once, at start and in --check.
+OPTIONAL_SCOPES = {
+    "files:write": "completion reports are posted without their chart",
+}
+
+
+def scope_warnings(identity: BotIdentity) -> list[str]:
+    return [
+        f"the Slack app lacks the {scope} scope, so {effect}; reinstall it from manifest.yml"
+        for scope, effect in OPTIONAL_SCOPES.items()
+        if scope in identity.missing_scopes(OPTIONAL_SCOPES)
+    ]
 
 
 async def verify_app_token(settings: Settings) -> None:
@@ -130,6 +146,7 @@ async def _check_all(settings: Settings) -> tuple[list[str], list[str]]:
     try:
         identity = await verify_bot_token(settings)
         passed.append(f"SLACK_BOT_TOKEN: bot user {identity.user_id} in workspace {identity.team}")
+        passed.extend(f"warning: {line}" for line in scope_warnings(identity))
     except Refused as problem:
         problems.append(str(problem))
     except Unreachable as problem:
@@ -159,7 +176,7 @@ def run_check(settings: Settings) -> int:
     passed, problems = asyncio.run(_check_all(settings))
     mask = RedactSecrets(settings.secrets()).redact
     for line in passed:
-        print(f"ok: {mask(line)}")
+        print(mask(line) if line.startswith("warning: ") else f"ok: {mask(line)}")
     if not problems:
         print(f"finetune-bot configuration is good ({'socket' if settings.socket_mode else 'http'} mode)")
         return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,14 +38,25 @@ class BotIdentity:
     bot_id: str | None
     enterprise_id: str | None = None
     team: str | None = None
+    # The token's scopes (Slack's `X-OAuth-Scopes` response header); None when not sent.
+    scopes: frozenset[str] | None = None
 
     @classmethod
-    def from_auth_test(cls, data: Mapping[str, Any]) -> BotIdentity:
+    def from_auth_test(cls, data: Mapping[str, Any], headers: Mapping[str, Any] | None = None) -> BotIdentity:
         def get(key: str) -> str | None:
             value = data.get(key)
             return str(value) if value else None
 
-        return cls(get("team_id"), get("user_id"), get("bot_id"), get("enterprise_id"), get("team"))
+        scopes = None
+        for name, value in (headers or {}).items():
+            if str(name).lower() == "x-oauth-scopes":
+                raw = value[0] if isinstance(value, list | tuple) and value else value
+                scopes = frozenset(s.strip() for s in str(raw).split(",") if s.strip())
+        return cls(get("team_id"), get("user_id"), get("bot_id"), get("enterprise_id"), get("team"), scopes)
+
+    def missing_scopes(self, wanted: Iterable[str]) -> list[str]:
+        """Scopes the token lacks; none known to be missing when Slack did not list them."""
+        return [] if self.scopes is None else [s for s in wanted if s not in self.scopes]
 
 
 def build_slack_client(

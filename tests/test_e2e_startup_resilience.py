@@ -221,6 +221,18 @@ def test_check_passes_against_healthy_services(tmp_path: Path) -> None:
     for name in ("SLACK_BOT_TOKEN", "SLACK_APP_TOKEN", "OPENAI_API_KEY", "DATABASE_URL"):
         assert f"ok: {name}" in result.stdout
     assert "finetune-bot ready" not in result.stdout + result.stderr
+    assert "warning" not in result.stdout  # the fake's token has every scope the manifest asks
+
+
+def test_check_and_start_up_say_once_what_a_missing_optional_scope_costs(tmp_path: Path) -> None:
+    """An app installed before files:write was added still runs; the operator hears what it loses."""
+    with FakeOpenAI() as openai, FakeSlack() as slack:
+        slack.revoke_scope("files:write")
+        env = bot_env(openai, slack, DATABASE_URL="sqlite:///check.db")
+        result = run_with_args(["--check"], env, tmp_path)
+        assert result.returncode == 0, result.stdout + result.stderr
+        [line] = [line for line in result.stdout.splitlines() if line.startswith("warning:")]
+        assert "files:write" in line and "without their chart" in line and "manifest.yml" in line
 
 
 def test_check_exits_2_with_one_line_per_problem(tmp_path: Path) -> None:
