@@ -22,7 +22,7 @@ from pathlib import Path
 
 from bench.chart_data import synthetic_checkpoints, synthetic_result_csv
 from bench.common import REPO, FunctionalError, Result, log, secs
-from bot.chart import ChartInput, ChartRenderer
+from bot.chart_renderer import ChartInput, ChartRenderer
 from bot.training_metrics import checkpoints_from_api, parse_result_file
 
 STEPS = 10_000

@@ -32,7 +32,7 @@ import httpx
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.chart import ChartError, ChartInput, ChartRenderer
+from bot.chart_renderer import ChartError, ChartInput, ChartRenderer
 from bot.models import TERMINAL_STATUSES
 from bot.openai_client import FineTuningClient, NotFoundError, OpenAIError
 from bot.reports import (

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import httpx
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.chart import ChartError
+from bot.chart_renderer import ChartError
 from bot.crash import crash_point
 from bot.models import FineTuningJob
 from bot.openai_client import FileTooLargeError, FineTuningClient, NotFoundError

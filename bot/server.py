@@ -27,7 +27,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from bot.cards_updater import CardEditor, build_card_client
-from bot.chart import ChartRenderer
+from bot.chart_renderer import ChartRenderer
 from bot.config import Settings
 from bot.http_guard import GuardedH11Protocol, SlackEvents
 from bot.inflight import InFlight

@@ -15,14 +15,12 @@ import pytest
 
 from bench.chart_data import synthetic_checkpoints, synthetic_result_csv
 from bot.chart import (
-    ChartError,
-    ChartInput,
-    ChartRenderer,
     chart_figure,
     ema,
     envelope,
     render_chart,
 )
+from bot.chart_renderer import ChartError, ChartInput, ChartRenderer
 from bot.training_metrics import (
     CheckpointInfo,
     MetricPoint,
@@ -208,8 +206,20 @@ def test_the_worker_module_imports_no_slack_or_bot_wiring() -> None:
         "import sys, bot.chart\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
         "{'slack_bolt', 'slack_sdk', 'aiohttp', 'httpx', 'sqlalchemy', 'apscheduler', 'matplotlib.pyplot'}"
-        " or (m.startswith('bot.') and m not in {'bot.chart', 'bot.training_metrics', 'bot.crash'}))\n"
+        " or (m.startswith('bot.') and m not in "
+        "{'bot.chart', 'bot.chart_renderer', 'bot.training_metrics', 'bot.crash'}))\n"
         "print(bad)\n"
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_the_bot_process_never_loads_the_drawing_libraries() -> None:
+    """Only the worker draws: the bot's own process (everything bot.server wires up) stays without
+    matplotlib and numpy, which would add about 40 MB to every replica's idle memory."""
+    out = _run_python(
+        "import sys, bot.server, bot.reporter, bot.reports\n"
+        "print(sorted(m for m in ('matplotlib', 'numpy', 'bot.chart') if m in sys.modules))\n"
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
