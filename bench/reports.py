@@ -9,7 +9,7 @@ C channels; each gets a realistic result file (bench/chart_data.py: 2,000 steps,
 50, ~52 KB of CSV; a different seed per job) and two checkpoints with the same numbers. Then the
 fake Slack starts pacing chat.postMessage at 1 per second per channel (429 + Retry-After beyond,
 like Slack), and all N jobs flip to `succeeded` in one step of the fake, right after a poll cycle
-has listed them as running: the worst phase, where the change waits almost a whole interval to
+has listed them unfinished: the worst phase, where the change waits almost a whole interval to
 be seen.
 
 Measured per job, from the flip (the fake's lock released): the outcome message posted, and the
@@ -225,7 +225,7 @@ def cycle_lists(openai: TimedFakeOpenAI) -> list[Span]:
 def flip_after_a_cycle_looked(
     openai: TimedFakeOpenAI, job_ids: Sequence[str], bot: Bot
 ) -> tuple[float, float]:
-    """Wait for a poll cycle to list the jobs (still running), then make them all succeed at once:
+    """Wait for a poll cycle to list the jobs (not finished yet), then make them all succeed at once:
     the change is missed by that cycle and waits for the next. Returns (flip time, its phase)."""
     seen = len(cycle_lists(openai))
     # A span is recorded once its response is ready: the jobs were listed as running.
