@@ -157,6 +157,7 @@ class Notifier:
                 await asyncio.to_thread(
                     self._store.mark_sent, item.id, channel=item.attempt_channel, ts=found
                 )
+                self._outcome_sent(watch)
                 await self._update_announcement(watch, job)
                 return True
 
@@ -179,6 +180,7 @@ class Notifier:
             return False
         await asyncio.to_thread(self._store.mark_sent, item.id, channel=watch.channel_id, ts=ts)
         log.info("announced %s outcome %s in %s", item.job_id, item.outcome, watch.channel_id)
+        self._outcome_sent(watch)
         await self._update_announcement(watch, job)
         return True
 
@@ -219,7 +221,12 @@ class Notifier:
         await asyncio.to_thread(
             self._store.mark_sent, item.id, channel=dm, ts=ts, note=f"sent by DM: {watch.channel_id} {reason}"
         )
+        self._outcome_sent(watch)
         return True
+
+    def _outcome_sent(self, watch: Watch) -> None:
+        if self._reporter is not None:
+            self._reporter.outcome_sent(watch.id)
 
     async def _find_posted(self, item: OutboxItem) -> str | None:
         """The ts of a message already carrying this item's key, if Slack has one."""

@@ -21,6 +21,7 @@ the bot ends the report with one log line (the outcome already reached the perso
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import re
@@ -94,6 +95,7 @@ class Reporter:
         self._http = upload_http or httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=10.0))
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._on_demand: set[tuple[str, str]] = set()
+        self._outcome_events: dict[int, asyncio.Event] = {}
 
     @property
     def http(self) -> httpx.AsyncClient:
@@ -201,8 +203,11 @@ class Reporter:
 
     async def _deliver_safely(self, item: OutboxItem, watch: Watch) -> None:
         try:
+            # Wait for the outcome before taking a slot: reports waiting behind a busy channel's
+            # paced outcomes must not hold up a quiet channel's report (measured by bench/reports.py).
+            outcome = await self._sent_outcome(item)
             async with self._semaphore:
-                await self._deliver(item, watch)
+                await self._deliver(item, watch, outcome)
         except asyncio.CancelledError:
             raise
         except Exception as error:  # one bad report must never stop the others
@@ -226,8 +231,7 @@ class Reporter:
         # Grows with the row's age (attempts only count posts): 10 s at first, at most 10 minutes.
         return min(600.0, 10.0 + age / 4) * random.uniform(0.75, 1.0)
 
-    async def _deliver(self, item: OutboxItem, watch: Watch) -> None:
-        outcome = await self._sent_outcome(item)
+    async def _deliver(self, item: OutboxItem, watch: Watch, outcome: OutboxItem | None) -> None:
         if outcome is None or outcome.sent_channel is None:
             # It goes under the outcome, which Slack has not taken yet (a 429, an outage): later.
             await asyncio.to_thread(
@@ -307,17 +311,28 @@ class Reporter:
                 return
             raise
 
+    def outcome_sent(self, watch_id: int) -> None:
+        """The notifier posted (or found) this watch's outcome: its report may go now."""
+        event = self._outcome_events.get(watch_id)
+        if event is not None:
+            event.set()
+
     async def _sent_outcome(self, item: OutboxItem) -> OutboxItem | None:
         """The outcome this report follows, once sent. Usually it is being posted this very moment
-        (both rows were claimed together): wait for it a little rather than a whole poll cycle."""
-        deadline = time.monotonic() + OUTCOME_PATIENCE_SECONDS
-        while True:
+        (both rows were claimed together): the notifier says when (`outcome_sent`), so waiting
+        costs no polling; an outcome posted by another replica is seen at the check after the wait."""
+        event = self._outcome_events.setdefault(item.watch_id, asyncio.Event())  # before the check
+        try:
             outcome = await asyncio.to_thread(self._store.outcome_of, item.watch_id)
             if outcome is not None and outcome.sent_at is not None:
                 return outcome
-            if time.monotonic() >= deadline:
-                return None
-            await asyncio.sleep(0.5)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), OUTCOME_PATIENCE_SECONDS)
+            outcome = await asyncio.to_thread(self._store.outcome_of, item.watch_id)
+            return outcome if outcome is not None and outcome.sent_at is not None else None
+        finally:
+            if self._outcome_events.get(item.watch_id) is event:
+                del self._outcome_events[item.watch_id]
 
     async def _picture(self, data: ReportData) -> tuple[bytes | None, str | None]:
         if data.series is None or not data.series.points:
