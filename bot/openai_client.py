@@ -18,9 +18,9 @@ import random
 import re
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 import httpx
 
@@ -269,6 +269,74 @@ class FineTuningClient:
         params.update(_cursor_params(after, limit))
         data = await self._request("GET", "/files", params=params)
         return Page([OpenAIFile.from_api(d) for d in _list_data(data)], bool(data.get("has_more")))
+
+    async def upload_file(
+        self, content: IO[bytes], *, filename: str, purpose: str = "fine-tune"
+    ) -> OpenAIFile:
+        """`POST /files` (multipart), streamed from `content` (a file object, rewound here).
+
+        Sent once, never retried here: a retry after a lost answer could create a second file.
+        The caller names files uniquely and, when the outcome is unknown, looks for the name
+        before sending again (bot/training_flow.py)."""
+        headers = {**self._headers}
+        content.seek(0)
+        try:
+            async with self._slots:
+                response = await self._http.post(
+                    f"{self._base_url}/files",
+                    headers=headers,
+                    data={"purpose": purpose},
+                    files={"file": (filename, content, "application/jsonl")},
+                    # An upload of hundreds of MB takes longer than an API call: no overall cap,
+                    # but a stall of a minute either way ends it.
+                    timeout=httpx.Timeout(60.0, connect=10.0),
+                )
+        except httpx.TimeoutException:
+            raise UnavailableError("OpenAI did not answer the upload in time.") from None
+        except httpx.TransportError as exc:
+            raise UnavailableError(f"Could not reach OpenAI ({type(exc).__name__}).") from None
+        if not response.is_success:
+            raise _error_from_response(response)
+        try:
+            data = response.json()
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            raise ServerError("OpenAI answered the upload with something other than a file object.")
+        return OpenAIFile.from_api(data)
+
+    async def iter_file(
+        self, file_id: str, *, max_bytes: int, chunk_size: int = 1 << 20
+    ) -> AsyncIterator[bytes]:
+        """A file's content as it arrives (FileTooLargeError past `max_bytes`): for files too big
+        to hold, read once and checked on the fly. Not retried (the consumer has seen part)."""
+        _require(ids.is_file_id(file_id), f"not a file id: {file_id!r}")
+        headers = {**self._headers, "Accept": "*/*"}
+        try:
+            async with (
+                self._slots,
+                self._http.stream(
+                    "GET", f"{self._base_url}/files/{file_id}/content", headers=headers
+                ) as response,
+            ):
+                if not response.is_success:
+                    await response.aread()
+                    raise _error_from_response(response)
+                declared = response.headers.get("content-length")
+                if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+                    raise FileTooLargeError(
+                        f"{file_id} is {int(declared):,} bytes; the limit is {max_bytes:,}"
+                    )
+                size = 0
+                async for chunk in response.aiter_bytes(chunk_size):
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise FileTooLargeError(f"{file_id} is over {max_bytes:,} bytes")
+                    yield chunk
+        except httpx.TimeoutException:
+            raise UnavailableError("OpenAI did not answer in time.") from None
+        except httpx.TransportError as exc:
+            raise UnavailableError(f"Could not reach OpenAI ({type(exc).__name__}).") from None
 
     async def download_file(self, file_id: str, *, max_bytes: int) -> bytes:
         """A file's content, streamed and cut off at `max_bytes` (FileTooLargeError) before it can

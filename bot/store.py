@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # libpq waits for the OS (minutes) on a host that drops packets; a poll cycle or a start-up wait
 # should hear "no answer" well before that.
 CONNECT_TIMEOUT_SECONDS = 10
@@ -141,6 +141,38 @@ pending_creates = sa.Table(
     sa.Column("note", sa.String(200), nullable=True),
 )
 sa.Index("ix_finetune_pending_creates_state", pending_creates.c.state, pending_creates.c.updated_at)
+
+# A training file sent through the create form (bot/training_flow.py): checked, then — on the
+# report's Start button — uploaded to OpenAI once and turned into a job. Methods: bot/training_store.py.
+# state: checking → ready (no errors; Start offered) or rejected (errors) or failed (could not be
+# read); ready → uploading → uploaded (OpenAI file id known) → creating (a create is under way,
+# keyed by `create_trigger`) → started (job id known).
+training_uploads = sa.Table(
+    "finetune_training_uploads",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("team_id", sa.String(64), nullable=False),
+    sa.Column("channel_id", sa.String(64), nullable=False),
+    sa.Column("user_id", sa.String(64), nullable=False),
+    sa.Column("slack_file_id", sa.String(64), nullable=False),
+    sa.Column("filename", sa.String(300), nullable=False),
+    sa.Column("validation_slack_file_id", sa.String(64), nullable=True),
+    sa.Column("params", sa.Text, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("report_channel", sa.String(64), nullable=True),
+    sa.Column("report_ts", sa.String(64), nullable=True),
+    sa.Column("sha256", sa.String(64), nullable=True),
+    sa.Column("validation_sha256", sa.String(64), nullable=True),
+    sa.Column("summary", sa.Text, nullable=True),
+    sa.Column("openai_file_id", sa.String(80), nullable=True),
+    sa.Column("openai_validation_file_id", sa.String(80), nullable=True),
+    sa.Column("create_trigger", sa.String(200), nullable=True),
+    sa.Column("job_id", sa.String(80), nullable=True),
+    sa.Column("owner", sa.String(64), nullable=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Column("note", sa.String(300), nullable=True),
+)
 
 # Added to finetune_watches by the schema 2 → 3 step.
 CARD_COLUMNS = ("card_digest", "card_edited_at", "card_stopped")
@@ -334,6 +366,7 @@ class Store:
                 # 3 → 4 adds the report's uploaded file to finetune_outbox.
                 if current < 4:
                     self._add_missing_columns(conn, outbox, REPORT_COLUMNS)
+                # 4 → 5 adds finetune_training_uploads, which `create_all` has just created.
                 conn.execute(schema_info.update().values(version=SCHEMA_VERSION))
 
     def _add_missing_columns(self, conn: Connection, table: sa.Table, names: Sequence[str]) -> None:

@@ -1,0 +1,77 @@
+"""The training report's **Start fine-tuning** button: acknowledged at once, then the upload to
+OpenAI and the create run after (they take as long as the file needs), and the clicker is answered
+privately. Who may start, and what happens once, is decided in bot/training_flow.py."""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
+
+from bot import render
+from bot.inflight import InFlight
+from bot.listeners.actions import REFUSED_CHANNEL, RESTARTING, VERDICT, click_of
+from bot.listeners.commands import send_reply
+from bot.runner import Invocation
+from bot.training_flow import TrainingFlow
+
+TRAINING_START = "training_start"
+UPLOAD_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def register(
+    app: AsyncApp,
+    flow: TrainingFlow,
+    *,
+    inflight: InFlight,
+    allowed_channels: frozenset[str] = frozenset(),
+) -> None:
+    async def acknowledge(ack: AsyncAck, body: dict[str, Any], context: dict[str, Any]) -> None:
+        click = click_of(body)
+        if allowed_channels and click.channel_id not in allowed_channels:
+            context[VERDICT] = REFUSED_CHANNEL
+        elif inflight.closing:
+            context[VERDICT] = RESTARTING
+        else:
+            context[VERDICT] = inflight.reserve()
+        await ack()
+
+    async def carry_out(
+        body: dict[str, Any], respond: AsyncRespond, logger: logging.Logger, context: dict[str, Any]
+    ) -> None:
+        click = click_of(body)
+        verdict = context.get(VERDICT)
+        what = "the Start fine-tuning button"
+        if verdict == REFUSED_CHANNEL:
+            await send_reply(respond, render.render_channel_not_allowed(allowed_channels), logger, what=what)
+            return
+        if not isinstance(verdict, int):
+            await send_reply(respond, render.render_restarting(), logger, what=what)
+            return
+        if UPLOAD_ID.fullmatch(click.value) is None:
+            await send_reply(respond, render.render_button_broken(), logger, what=what)
+            return
+        invocation = Invocation(
+            team_id=click.team_id,
+            channel_id=click.channel_id,
+            user_id=click.user_id,
+            # The click's own trigger id keys the create (and is its Idempotency-Key), like a command's.
+            trigger_id=str(body.get("trigger_id") or ""),
+            response_url=str(body.get("response_url") or "") or None,
+        )
+
+        async def farewell() -> None:
+            await send_reply(respond, render.render_unfinished("start fine-tuning"), logger, what=what)
+
+        async with inflight.track(verdict, farewell):
+            try:
+                reply = await flow.start(click.value, invocation)
+            except Exception:
+                logger.exception("%s failed", what)
+                reply = render.render_internal_error()
+            if reply is not None:
+                await send_reply(respond, reply, logger, what=what)
+
+    app.action(TRAINING_START)(ack=acknowledge, lazy=[carry_out])

@@ -1,0 +1,432 @@
+"""Training data from Slack: check an uploaded `.jsonl`, then upload it to OpenAI once and start.
+
+1. The create form (bot/modal.py) names a file uploaded to Slack. A "Checking `train.jsonl`…"
+   message goes to the channel; the file is read from Slack (`files.info` → `url_private_download`
+   with the bot token, streamed, never held whole: refused before any byte is read when over
+   `FINETUNE_MAX_UPLOAD_MB`) and checked line by line as it arrives (bot/training_data.py), off
+   the event loop. The message becomes the report: problems with line numbers, token counts, a cost
+   estimate, and — only when nothing is wrong — a **Start fine-tuning** button.
+2. Start (its starter or an admin, in an allowed channel): the file is read again (its SHA-256 must
+   match what was checked), spooled to a temporary file, and sent to OpenAI (`POST /files`) under a
+   name unique to this upload; when the answer is lost, that name is looked up before anything is
+   sent again, so a retry never makes two files. Then the job is created exactly as `/finetune
+   create` does (pending create keyed by the click's trigger id, watch, announcement, live card).
+
+Every step is recorded (bot/training_store.py), so a second click, another replica or a restart
+finds where things stand instead of repeating them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import IO, Any, cast
+
+import httpx
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot import render, render_training
+from bot.commands import CreateCommand
+from bot.modal import CreateForm, SlackFileRef
+from bot.openai_client import FileTooLargeError, FineTuningClient, OpenAIError, UnavailableError
+from bot.pricing import Price, estimate_cost
+from bot.runner import CHANNEL_REFUSED, Invocation, create_key
+from bot.training_data import TrainingFileValidator, ValidationReport
+from bot.training_store import TrainingUpload, TrainingUploads
+
+log = logging.getLogger(__name__)
+
+CHUNK_BYTES = 1 << 20
+# Past this much, the spooled copy of a file being sent to OpenAI goes to disk.
+SPOOL_IN_MEMORY_BYTES = 8 << 20
+UPLOAD_ATTEMPTS = 3
+
+# What a Slack error means for the person who asked (plain text; rendered escaped).
+_SLACK_READ_PROBLEMS = {
+    "file_not_found": "the file is gone from Slack (deleted meanwhile?)",
+    "file_deleted": "the file was deleted from Slack",
+    "missing_scope": "the app lacks the `files:read` scope (reinstall it from manifest.yml)",
+    "not_visible": "the bot cannot see this file: share it in the channel first",
+    "access_denied": "the bot may not read this file: share it in the channel first",
+}
+
+
+class FileProblem(Exception):
+    """The file cannot be checked or sent; the message says why and what would work."""
+
+
+@dataclass(frozen=True)
+class Checked:
+    report: ValidationReport
+    sha256: str
+
+
+RunCreate = Callable[[CreateCommand, Invocation], Awaitable[render.Reply | None]]
+
+
+class TrainingFlow:
+    def __init__(
+        self,
+        uploads: TrainingUploads,
+        openai: FineTuningClient,
+        slack: AsyncWebClient,
+        *,
+        bot_token: str,
+        run_create: RunCreate,
+        prices: dict[str, Price],
+        max_upload_bytes: int,
+        admins: frozenset[str] = frozenset(),
+        owner: str = "bot",
+        http: httpx.AsyncClient | None = None,
+    ) -> None:
+        self._uploads = uploads
+        self._openai = openai
+        self._slack = slack
+        self._token = bot_token
+        self._run_create = run_create
+        self._prices = prices
+        self._max_bytes = max_upload_bytes
+        self._admins = admins
+        self._owner = owner
+        self._http = http or httpx.AsyncClient(
+            timeout=httpx.Timeout(60.0, connect=10.0), follow_redirects=False
+        )
+        self._busy: set[str] = set()
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    # -- 1. check ------------------------------------------------------------------------------------
+
+    async def check_upload(self, form: CreateForm, invocation: Invocation) -> None:
+        """Post "Checking…", check the file(s), and turn the message into the report."""
+        training = form.training_upload
+        assert training is not None
+        row = await asyncio.to_thread(
+            self._uploads.begin,
+            team_id=invocation.team_id,
+            channel_id=form.channel_id,
+            user_id=invocation.user_id,
+            slack_file_id=training.id,
+            filename=training.name,
+            validation_slack_file_id=form.validation_upload.id if form.validation_upload else None,
+            params=_params_of(form.command),
+        )
+        where = await self._post(
+            form.channel_id,
+            invocation.user_id,
+            render_training.render_checking(training.name, invocation.user_id),
+        )
+        if where is None:
+            await asyncio.to_thread(self._uploads.failed, row.id, "could not post in the channel")
+            return
+        channel, ts = where
+        await asyncio.to_thread(self._uploads.set_report, row.id, channel, ts)
+        model = form.command.model
+        try:
+            checked = await self._check_slack_file(training, model=model, method=form.command.method)
+            validation = (
+                await self._check_slack_file(form.validation_upload, model=model, method=form.command.method)
+                if form.validation_upload
+                else None
+            )
+        except FileProblem as problem:
+            await asyncio.to_thread(self._uploads.failed, row.id, str(problem))
+            await self._edit(
+                channel, ts, render_training.render_validation_failed(training.name, str(problem))
+            )
+            return
+        report = checked.report
+        ok = report.ok and (validation is None or validation.report.ok)
+        epochs = form.command.hyperparameters.get("n_epochs")
+        estimate = estimate_cost(
+            report, epochs=epochs if isinstance(epochs, int) else None, prices=self._prices
+        )
+        summary = {
+            "examples": report.examples,
+            "usd": estimate.usd,
+            "validation_ok": None if validation is None else validation.report.ok,
+        }
+        await asyncio.to_thread(
+            self._uploads.checked,
+            row.id,
+            ok=ok,
+            sha256=checked.sha256,
+            validation_sha256=validation.sha256 if validation else None,
+            summary=summary,
+        )
+        message = render_training.render_validation(
+            report, estimate, user_id=invocation.user_id, start_value=row.id if ok else None
+        )
+        if validation is not None and not validation.report.ok:
+            message = render_training.with_note(
+                message,
+                f"The validation file {validation.report.filename} has problems too: fix both to start.",
+            )
+        await self._edit(channel, ts, message)
+
+    async def _check_slack_file(self, ref: SlackFileRef, *, model: str, method: str) -> Checked:
+        validator = TrainingFileValidator(filename=ref.name, method=method, model=model)
+        digest = hashlib.sha256()
+        async for chunk in self._read_slack_file(ref):
+            digest.update(chunk)
+            # Checking is CPU work (JSON, tokens): a thread, so acknowledgements never wait for it.
+            await asyncio.to_thread(validator.feed, chunk)
+        report = await asyncio.to_thread(validator.finish)
+        return Checked(report, digest.hexdigest())
+
+    async def _read_slack_file(self, ref: SlackFileRef) -> AsyncIterator[bytes]:
+        """The file's bytes from Slack, streamed; FileProblem with the reason when they cannot be."""
+        try:
+            info = await self._slack.files_info(file=ref.id)
+        except SlackApiError as error:
+            reason = str(error.response.get("error") or "unknown_error")
+            raise FileProblem(
+                _SLACK_READ_PROBLEMS.get(reason, f"Slack would not describe the file ({reason})")
+            ) from None
+        file = info.get("file") or {}
+        size = file.get("size")
+        if isinstance(size, int) and size > self._max_bytes:
+            raise FileProblem(
+                f"it is {size / 1e6:,.1f} MB; the limit is {self._max_bytes / 1e6:,.0f} MB "
+                "(OpenAI's Files API takes at most 512 MB; split it or upload it with the API)"
+            )
+        url = file.get("url_private_download") or file.get("url_private")
+        if not isinstance(url, str) or not url.startswith(("https://", "http://")):
+            raise FileProblem("Slack gave no download link for it")
+        try:
+            async with self._http.stream(
+                "GET", url, headers={"Authorization": f"Bearer {self._token}"}
+            ) as response:
+                if response.status_code in (401, 403):
+                    raise FileProblem(
+                        "Slack refused the download (share the file in the channel, then try again)"
+                    )
+                if response.status_code == 404:
+                    raise FileProblem("the file is gone from Slack (deleted meanwhile?)")
+                if response.status_code >= 300 or "text/html" in response.headers.get("content-type", ""):
+                    raise FileProblem(
+                        f"Slack's download answered HTTP {response.status_code}; try again in a minute"
+                    )
+                size_read = 0
+                async for chunk in response.aiter_bytes(CHUNK_BYTES):
+                    size_read += len(chunk)
+                    if size_read > self._max_bytes:
+                        raise FileProblem(f"it is over the {self._max_bytes / 1e6:,.0f} MB limit")
+                    yield chunk
+        except httpx.HTTPError as error:
+            raise FileProblem(f"the download from Slack failed ({type(error).__name__}); try again") from None
+
+    # -- 2. start --------------------------------------------------------------------------------
+
+    async def start(self, upload_id: str, invocation: Invocation) -> render.Reply | None:
+        """The Start button: upload once, create once. Returns what to tell the clicker privately."""
+        row = await asyncio.to_thread(self._uploads.get, upload_id)
+        if row is None:
+            return render_training.render_start_refused("This check is unknown here (it may have expired).")
+        if invocation.user_id != row.user_id and invocation.user_id not in self._admins:
+            return render_training.render_start_refused(
+                f"Only <@{row.user_id}> (who sent the file) or an admin can start this job."
+            )
+        if row.state == "started" and row.job_id:
+            return render_training.render_start_refused(f"This file already started {row.job_id}.")
+        if row.state in ("rejected", "failed", "checking"):
+            return render_training.render_start_refused("This file cannot be started: see the report above.")
+        if upload_id in self._busy:
+            return render_training.render_start_refused("It is being started already.")
+        self._busy.add(upload_id)
+        try:
+            return await self._start(row, invocation)
+        finally:
+            self._busy.discard(upload_id)
+
+    async def _start(self, row: TrainingUpload, invocation: Invocation) -> render.Reply | None:
+        if row.state == "creating" and row.create_trigger:
+            # A create was under way (a crash, a lost answer): its pending create tells its fate.
+            # Made → say so; still open → the reconciliation announces it; refused or abandoned →
+            # nothing was started, and this click may try again.
+            pending = await asyncio.to_thread(
+                self._uploads.store.get_pending_create, create_key(row.create_trigger)
+            )
+            if pending is not None and pending.job_id:
+                await asyncio.to_thread(self._uploads.started, row.id, pending.job_id)
+                return render_training.render_start_refused(f"This file already started {pending.job_id}.")
+            if pending is None or pending.state not in ("failed", "abandoned"):
+                return render_training.render_start_refused(
+                    "A job is already being started from this file; it will be announced here."
+                )
+        file_id = row.openai_file_id
+        if file_id is None:
+            if not await asyncio.to_thread(self._uploads.claim_upload, row.id, self._owner):
+                return render_training.render_start_refused("It is being started already.")
+            await self._edit_report(row, render_training.render_uploading(row.filename))
+            try:
+                file_id, validation_id = await self._send_to_openai(row)
+            except (FileProblem, OpenAIError) as problem:
+                await asyncio.to_thread(self._uploads.release, row.id, "ready", str(problem))
+                await self._restore_report(row)
+                return render_training.render_start_refused(
+                    f"The upload to OpenAI failed: {problem}. Nothing was started; try Start again."
+                )
+            await asyncio.to_thread(self._uploads.uploaded, row.id, file_id, validation_id)
+        else:
+            validation_id = row.openai_validation_file_id
+        command = _command_of(row.params, file_id, validation_id)
+        await asyncio.to_thread(self._uploads.creating, row.id, invocation.trigger_id)
+        reply = await self._run_create(command, invocation)
+        job_id = await self._created_job(invocation.trigger_id)
+        if job_id is not None:
+            await asyncio.to_thread(self._uploads.started, row.id, job_id)
+            await self._edit_report(row, render_training.render_training_started(row.filename, job_id))
+        return reply
+
+    async def _created_job(self, trigger_id: str) -> str | None:
+        store = self._uploads.store
+        pending = await asyncio.to_thread(store.get_pending_create, create_key(trigger_id))
+        return pending.job_id if pending is not None else None
+
+    async def _send_to_openai(self, row: TrainingUpload) -> tuple[str, str | None]:
+        training = await self._upload_once(row, row.slack_file_id, row.upload_name, row.sha256)
+        validation = None
+        if row.validation_slack_file_id:
+            name = row.upload_name.replace(".jsonl", ".validation.jsonl")
+            validation = await self._upload_once(
+                row, row.validation_slack_file_id, name, row.validation_sha256
+            )
+        return training, validation
+
+    async def _upload_once(
+        self, row: TrainingUpload, slack_file_id: str, name: str, sha256: str | None
+    ) -> str:
+        existing = await self._find_uploaded(name)
+        if existing is not None:
+            log.info("%s was already uploaded to OpenAI as %s; not sending it again", name, existing)
+            return existing
+        ref = SlackFileRef(id=slack_file_id, name=name, size=None, filetype="jsonl")
+        with tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY_BYTES) as spool:
+            digest = hashlib.sha256()
+            async for chunk in self._read_slack_file(ref):
+                digest.update(chunk)
+                await asyncio.to_thread(spool.write, chunk)
+            if sha256 is not None and digest.hexdigest() != sha256:
+                raise FileProblem(
+                    "the file changed in Slack since it was checked; send it through the form again"
+                )
+            for attempt in range(UPLOAD_ATTEMPTS):
+                try:
+                    uploaded = await self._openai.upload_file(cast(IO[bytes], spool), filename=name)
+                    return uploaded.id
+                except UnavailableError as error:
+                    # The answer was lost: OpenAI may have the file. Look before sending again.
+                    existing = await self._find_uploaded(name)
+                    if existing is not None:
+                        return existing
+                    if attempt == UPLOAD_ATTEMPTS - 1:
+                        raise
+                    log.warning("upload of %s failed (%s); retrying", name, error)
+                    await asyncio.sleep(1.0 * 2**attempt)
+                except OpenAIError as error:
+                    if (
+                        error.status is not None
+                        and (error.status >= 500 or error.status == 429)
+                        and attempt < UPLOAD_ATTEMPTS - 1
+                    ):
+                        existing = await self._find_uploaded(name)
+                        if existing is not None:
+                            return existing
+                        await asyncio.sleep(1.0 * 2**attempt)
+                        continue
+                    raise
+        raise FileProblem("the upload did not finish")  # pragma: no cover - the loop returns or raises
+
+    async def _find_uploaded(self, name: str) -> str | None:
+        try:
+            page = await self._openai.list_files(purpose="fine-tune", limit=100, order="desc")
+        except OpenAIError:
+            return None
+        for file in page.data:
+            if file.filename == name:
+                return file.id
+        return None
+
+    # -- /finetune validate file-… ------------------------------------------------------------------
+
+    async def validate_openai_file(
+        self, file_id: str, *, model: str, method: str = "supervised"
+    ) -> render.Reply:
+        """The same report for a file already in OpenAI, for the asker alone (no Start button:
+        `/finetune create file-…` starts it)."""
+        validator = TrainingFileValidator(filename=file_id, method=method, model=model)
+        try:
+            async for chunk in self._openai.iter_file(file_id, max_bytes=self._max_bytes):
+                await asyncio.to_thread(validator.feed, chunk)
+        except FileTooLargeError:
+            return render_training.render_validation_failed(
+                file_id, f"it is over the {self._max_bytes / 1e6:,.0f} MB limit"
+            )
+        report = await asyncio.to_thread(validator.finish)
+        estimate = estimate_cost(report, epochs=None, prices=self._prices)
+        return render_training.render_validation(report, estimate, user_id="", start_value=None)
+
+    # -- Slack messages ------------------------------------------------------------------------------
+
+    async def _post(self, channel: str, user_id: str, message: render.Reply) -> tuple[str, str] | None:
+        try:
+            response = await self._slack.chat_postMessage(channel=channel, **message.as_kwargs())
+            return str(response["channel"]), str(response["ts"])
+        except SlackApiError as error:
+            reason = str(error.response.get("error") or "")
+            if reason not in CHANNEL_REFUSED:
+                raise
+        # The channel refuses the bot: the report goes to the person by DM.
+        opened = await self._slack.conversations_open(users=user_id)
+        dm = str(opened["channel"]["id"])
+        response = await self._slack.chat_postMessage(channel=dm, **message.as_kwargs())
+        return dm, str(response["ts"])
+
+    async def _edit(self, channel: str, ts: str, message: render.Reply) -> None:
+        try:
+            await self._slack.chat_update(channel=channel, ts=ts, **message.as_kwargs())
+        except SlackApiError:
+            log.warning("could not update the training report in %s", channel, exc_info=True)
+
+    async def _edit_report(self, row: TrainingUpload, message: render.Reply) -> None:
+        if row.report_channel and row.report_ts:
+            await self._edit(row.report_channel, row.report_ts, message)
+
+    async def _restore_report(self, row: TrainingUpload) -> None:
+        """After a failed upload the report offers Start again (from the recorded summary)."""
+        if row.report_channel and row.report_ts:
+            await self._edit(
+                row.report_channel,
+                row.report_ts,
+                render_training.render_ready_again(row.filename, row.id, row.summary or {}),
+            )
+
+
+def _params_of(command: CreateCommand) -> dict[str, Any]:
+    return {
+        "model": command.model,
+        "validation_file": command.validation_file or None,
+        "suffix": command.suffix,
+        "seed": command.seed,
+        "method": command.method,
+        "hyperparameters": dict(command.hyperparameters),
+    }
+
+
+def _command_of(params: dict[str, Any], file_id: str, validation_id: str | None) -> CreateCommand:
+    return CreateCommand(
+        training_file=file_id,
+        model=str(params["model"]),
+        validation_file=validation_id or params.get("validation_file") or None,
+        suffix=params.get("suffix"),
+        seed=params.get("seed"),
+        method=str(params.get("method") or "supervised"),
+        hyperparameters=dict(params.get("hyperparameters") or {}),
+    )
