@@ -10,6 +10,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import httpx
 import pytest
 from slack_bolt.async_app import AsyncApp
@@ -576,3 +577,21 @@ def test_upload_idempotency_key(fake_openai: FakeOpenAI) -> None:
         fake_openai.idempotent_uploads = False  # OpenAI honouring it on uploads is unconfirmed
         assert _upload(client, headers=key).json()["id"] != first["id"]
         assert len(fake_openai.uploads) == 2
+
+
+async def test_interactive_envelope_over_socket_mode(fake_slack: FakeSlack) -> None:
+    async with aiohttp.ClientSession() as session:
+        opened = await session.post(
+            f"{fake_slack.api_url}apps.connections.open",
+            headers={"Authorization": f"Bearer {fake_slack.app_token}"},
+        )
+        async with session.ws_connect((await opened.json())["url"]) as ws:
+            assert (await ws.receive_json(timeout=2))["type"] == "hello"
+            await fake_slack.wait_connected_async()
+            payload = fake_slack.block_suggestion_payload("openai_file", "tra", block_id="training_openai")
+            envelope_id = await fake_slack.send_interactive_async(payload)
+            envelope = await ws.receive_json(timeout=2)
+            assert (envelope["envelope_id"], envelope["type"]) == (envelope_id, "interactive")
+            assert envelope["payload"] == payload and envelope["accepts_response_payload"]
+            await ws.send_json({"envelope_id": envelope_id, "payload": {"options": []}})
+            assert (await fake_slack.wait_for_ack_async(envelope_id))["payload"] == {"options": []}
