@@ -107,6 +107,14 @@ class Harness:
         response = httpx.post(f"{self.bot.url}/slack/events", content=body, headers=headers, timeout=10)
         return response, key
 
+    def interact(self, payload: dict[str, Any], *, secret: str = SIGNING_SECRET) -> httpx.Response:
+        """Any interaction (view_submission, block_suggestion, message_action, block_actions) as
+        Slack posts it: form field ``payload=<json>``, signed, to /slack/events. The response is
+        the ack: empty, or e.g. ``{"response_action": "errors", ...}`` / ``{"options": [...]}``."""
+        body = FakeSlack.interactive_form(payload)
+        headers = sign_slack_request(body, secret)
+        return httpx.post(f"{self.bot.url}/slack/events", content=body, headers=headers, timeout=10)
+
     def reply(self, key: str, timeout: float = 10.0) -> dict[str, Any]:
         self.slack.wait_for(lambda s: s.responses_for(key), timeout=timeout)
         return self.slack.responses_for(key)[0].json

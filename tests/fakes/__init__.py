@@ -7,11 +7,13 @@ from .slack import (
     DEFAULT_BOT_TOKEN,
     FakeSlack,
     RecordedCall,
+    RecordedDownload,
     RecordedEphemeral,
     RecordedMessage,
     RecordedResponse,
     RecordedUpdate,
     RecordedUpload,
+    RecordedView,
 )
 
 __all__ = [
@@ -21,11 +23,13 @@ __all__ = [
     "FakeOpenAI",
     "FakeSlack",
     "RecordedCall",
+    "RecordedDownload",
     "RecordedEphemeral",
     "RecordedMessage",
     "RecordedRequest",
     "RecordedResponse",
     "RecordedUpdate",
     "RecordedUpload",
+    "RecordedView",
     "sign_slack_request",
 ]

@@ -12,6 +12,7 @@ import asyncio
 import base64
 import contextlib
 import copy
+import hashlib
 import json
 import logging
 import random
@@ -137,6 +138,10 @@ RESULT_FILENAME = "step_metrics.csv"
 RESULT_PURPOSE = "fine-tune-results"
 _RESULT_CSV_HEADER = b"step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy\n"
 _STREAM_CHUNK = 64 * 1024
+# Files API: one file ≤ 512 MB (FACTS-interactive §11, createFile's summary). The fake's HTTP cap
+# sits above it, so an oversized upload gets OpenAI's 400 rather than a bare 413 from aiohttp.
+MAX_UPLOAD_BYTES = 512 * 1024**2
+_HTTP_MAX_BODY = MAX_UPLOAD_BYTES + 16 * 1024**2
 
 
 @dataclass(frozen=True)
@@ -213,6 +218,17 @@ class RecordedRequest:
 
 
 @dataclass
+class RecordedFileUpload:
+    """A file POST /files created (also when a fault then lost the answer: ``processed=True``)."""
+
+    file_id: str
+    filename: str
+    purpose: str
+    data: bytes  # the same bytes the fake serves as the file's content, not a second copy
+    time: float
+
+
+@dataclass
 class Fault:
     kind: FaultKind
     status: int
@@ -257,6 +273,12 @@ class FakeOpenAI(FakeServer):
         self.spec: OpenAPISpec = load_spec(specs_dir)
         # Seconds slept before answering every request; plain attribute, settable at any time.
         self.latency: float = 0.0
+        # POST /files refuses a bigger file with a 400 (a test may lower it instead of sending 512 MB).
+        self.max_upload_bytes: int = MAX_UPLOAD_BYTES
+        # Whether a POST /files repeating an Idempotency-Key gets the first file back instead of a
+        # second one. The fake honours the key everywhere, as for job creates, but whether OpenAI
+        # does for multipart uploads is unconfirmed: set False to test a bot that must not rely on it.
+        self.idempotent_uploads: bool = True
         self._rng = random.Random()
         self._handlers: dict[str, Callable[[dict[str, str], dict[str, Any], Any], Any]] = {
             "listFiles": self._op_list_files,
@@ -286,6 +308,7 @@ class FakeOpenAI(FakeServer):
         self._events: dict[str, list[dict[str, Any]]] = {}
         self._checkpoints: dict[str, list[dict[str, Any]]] = {}
         self._files: dict[str, dict[str, Any]] = {}
+        self._uploads: list[RecordedFileUpload] = []
         self._file_contents: dict[str, bytes] = {}
         self._generated: dict[str, _GeneratedContent] = {}  # serve_large_content()
         self._requests: list[RecordedRequest] = []
@@ -304,6 +327,8 @@ class FakeOpenAI(FakeServer):
         self.cancel_inflight()
         with self.lock:
             self.latency = 0.0
+            self.max_upload_bytes = MAX_UPLOAD_BYTES
+            self.idempotent_uploads = True
             self._init_state()
 
     # -- public views -----------------------------------------------------------------------------
@@ -327,6 +352,12 @@ class FakeOpenAI(FakeServer):
     def files(self) -> dict[str, dict[str, Any]]:
         with self.lock:
             return copy.deepcopy(self._files)
+
+    @property
+    def uploads(self) -> list[RecordedFileUpload]:
+        """Files created by POST /files, in order (add_file() seeds are not uploads)."""
+        with self.lock:
+            return list(self._uploads)
 
     @property
     def schema_errors(self) -> list[str]:
@@ -805,7 +836,7 @@ class FakeOpenAI(FakeServer):
     # -- internals: HTTP ------------------------------------------------------------------------
 
     def _make_app(self) -> web.Application:
-        app = web.Application(client_max_size=64 * 1024**2)
+        app = web.Application(client_max_size=_HTTP_MAX_BODY)
         app.router.add_route("*", "/{tail:.*}", self._handle)
         return app
 
@@ -867,6 +898,10 @@ class FakeOpenAI(FakeServer):
             query = self._parse_query(op, request)
             body = self._parse_body(op, request, raw, form)
             key = request.headers.get("Idempotency-Key") if request.method == "POST" else None
+            if form is not None:
+                key = key if self.idempotent_uploads else None
+                # The multipart bytes are not kept; what makes two uploads "the same" is this.
+                raw = _form_fingerprint(form)
             with self.lock:
                 replayed = self._idempotent_replay(key, raw)
                 if replayed is not None:
@@ -1072,6 +1107,16 @@ class FakeOpenAI(FakeServer):
         for key, value in form.items():
             if isinstance(value, web.FileField):
                 if key == "file":
+                    size = value.file.seek(0, 2)
+                    value.file.seek(0)
+                    if size > self.max_upload_bytes:
+                        # OpenAI's wording is assumed; the status and the limit are documented.
+                        raise ApiError(
+                            400,
+                            f"File is too large: {size} bytes; the maximum is {self.max_upload_bytes} bytes.",
+                            param="file",
+                            code="file_too_large",
+                        )
                     upload = (value.filename, value.file.read())
                 fields[key] = "<binary>"
                 continue
@@ -1089,6 +1134,14 @@ class FakeOpenAI(FakeServer):
             raise _validation_api_error(error)
         if upload is None:
             raise ApiError(400, "Invalid 'file': expected a file upload.", param="file", code="invalid_type")
+        if fields.get("purpose") == "fine-tune" and not upload[0].lower().endswith(".jsonl"):
+            # "The Fine-tuning API only supports .jsonl files" (createFile); the message is assumed.
+            raise ApiError(
+                400,
+                "Invalid file format for Fine-Tuning API. Must be .jsonl",
+                param="file",
+                code="invalid_file_format",
+            )
         return {**fields, "_upload": upload}
 
     def _json_response(self, op: Operation, payload: Any) -> web.Response:
@@ -1160,13 +1213,17 @@ class FakeOpenAI(FakeServer):
         filename, content = body["_upload"]
         now = int(time.time())
         expires = body.get("expires_after")
-        return self.add_file(
+        created = self.add_file(
             filename,
             content,
             purpose=body["purpose"],
             created_at=now,
             expires_at=now + expires["seconds"] if expires else None,
         )
+        self._uploads.append(
+            RecordedFileUpload(created["id"], filename, body["purpose"], content, time.time())
+        )
+        return created
 
     def _op_retrieve_file(self, path: dict[str, str], query: dict[str, Any], body: Any) -> dict[str, Any]:
         return copy.deepcopy(self._file_or_404(path["file_id"]))
@@ -1347,6 +1404,23 @@ def _metrics_message(data: dict[str, Any]) -> str:
         if isinstance(data.get(key), int | float)
     ]
     return f"{where}: {', '.join(parts)}" if parts else where
+
+
+def _form_fingerprint(form: MultiDictProxy[str | bytes | web.FileField]) -> bytes:
+    """A digest of every field, file contents included, leaving the files readable from the start."""
+    digest = hashlib.sha256()
+    for key, value in sorted(form.items(), key=lambda item: item[0]):
+        digest.update(key.encode() + b"\0")
+        if isinstance(value, web.FileField):
+            digest.update(value.filename.encode() + b"\0")
+            value.file.seek(0)
+            for chunk in iter(lambda f=value.file: f.read(_STREAM_CHUNK), b""):
+                digest.update(chunk)
+            value.file.seek(0)
+        else:
+            digest.update(value.encode() if isinstance(value, str) else value)
+        digest.update(b"\0")
+    return digest.digest()
 
 
 def _describe_form(form: MultiDictProxy[str | bytes | web.FileField] | None) -> dict[str, str] | None:

@@ -1,6 +1,7 @@
-"""A fake Slack: Web API (``/api/<method>``), response_url receiver, Socket Mode websocket and the
+"""A fake Slack: Web API (``/api/<method>``), response_url receiver, Socket Mode websocket, the
 external file upload (``files.getUploadURLExternal`` → POST to ``/upload/v1/<token>`` →
-``files.completeUploadExternal``).
+``files.completeUploadExternal``), modals (``views.open/update/push`` with trigger ids that expire
+and are single-use) and files users shared (``files.info`` → GET ``url_private_download``).
 
 Point slack_sdk at it with ``AsyncWebClient(token=..., base_url=fake.api_url)``; Socket Mode clients
 find the websocket through ``apps.connections.open`` exactly as they do against Slack, and upload
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import itertools
 import json
 import math
@@ -20,12 +22,13 @@ import string
 import time
 import urllib.parse
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from . import slack_views
 from ._server import FakeServer
 
 DEFAULT_BOT_TOKEN = "xoxb-test-fake-bot-token"
@@ -70,15 +73,29 @@ DEFAULT_BOT_SCOPES = (
     "im:history",
     "mpim:history",
     "files:write",
+    "files:read",
 )
-# The methods whose scope the fake checks: files:write is the one scope an existing install can
-# lack (it came with the completion report), so only its absence is worth simulating.
+# The methods whose scope the fake checks: the file scopes are the ones an existing install can
+# lack (files:write came with the completion report, files:read with training data from Slack),
+# so only their absence is worth simulating.
 _NEEDED_SCOPE = {
     "files.getUploadURLExternal": "files:write",
     "files.completeUploadExternal": "files:write",
+    "files.info": "files:read",
 }
 # Pseudo-methods fail_next() understands besides Web API method names; "*" never matches them.
-_PSEUDO_METHODS = ("response_url", "upload")
+_PSEUDO_METHODS = ("response_url", "upload", "download")
+# A trigger_id is good for one views.open/push within 3 s (FACTS-interactive §2).
+TRIGGER_TTL = 3.0
+_VIEW_STACK_LIMIT = 3
+_DOWNLOAD_CHUNK = 64 * 1024
+# What files.slack.com answers a request without a valid token: HTTP 200 and its sign-in page, not
+# the file (2nd-hand: slackapi/bolt-js#2585, grundleborg/slack-advanced-exporter#13 — "the files
+# end up being HTML sign-in pages"). A bot must check what it got, not just the status.
+_SIGN_IN_PAGE = (
+    '<!DOCTYPE html><html lang="en-US"><head><title>Slack</title></head><body>'
+    '<h1>Sign in to Acme</h1><form action="/signin" method="post"></form></body></html>'
+)
 
 
 @dataclass
@@ -137,6 +154,53 @@ class _PendingUpload:
     snippet_type: str | None
     data: bytes | None = None  # None until a POST to the upload URL succeeds
     completed: bool = False
+
+
+@dataclass
+class RecordedView:
+    """One views.open / views.update / views.push call, refused ones included (``error`` set)."""
+
+    method: str  # "views.open" | "views.update" | "views.push"
+    view: dict[str, Any]  # as Slack holds it after the call (id, hash, block ids); as sent if refused
+    trigger_id: str | None
+    view_id: str | None  # None when refused before a view was found or made
+    user_id: str | None  # whose trigger opened/pushed it (None for views.update)
+    time: float
+    error: str | None = None
+    messages: list[str] = field(default_factory=list)  # response_metadata.messages of a refusal
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class RecordedDownload:
+    """One GET of a file's url_private(_download), whatever the answer."""
+
+    file_id: str
+    status: int
+    authorized: bool  # a valid bot token holding files:read was presented
+    served: bool  # the file's bytes were sent (the whole file, unless the client hung up)
+    bytes_sent: int
+    time: float
+
+
+@dataclass
+class _Trigger:
+    issued: float  # time.monotonic()
+    user_id: str
+    view_id: str | None  # the view the interaction came from, if any (where views.push stacks)
+    used: bool = False
+
+
+@dataclass
+class _SlackFile:
+    obj: dict[str, Any]  # the Slack file object files.info returns
+    content: bytes
+    generated_size: int | None = None  # serve_large_file(): served from a generator, not content
+    deleted: bool = False
+    visible: bool = True  # False: the bot cannot see it (not shared where the bot is)
 
 
 @dataclass
@@ -232,6 +296,9 @@ class FakeSlack(FakeServer):
         # Slack shares asynchronously (it scans the file first), so a bot cannot count on finding the
         # message the moment completion returns; 0 shares at once. Settable any time.
         self.share_delay: float = 0.0
+        # Seconds a trigger_id stays good for views.open/push; a test may shorten it (0 = every
+        # trigger is already expired) rather than sleep. Settable any time.
+        self.trigger_ttl: float = TRIGGER_TTL
         self._builtin: dict[str, tuple[MethodHandler, TokenKind]] = {
             "auth.test": (self._auth_test, "bot"),
             "chat.postMessage": (self._chat_post_message, "bot"),
@@ -244,6 +311,10 @@ class FakeSlack(FakeServer):
             "apps.connections.open": (self._apps_connections_open, "app"),
             "files.getUploadURLExternal": (self._files_get_upload_url_external, "bot"),
             "files.completeUploadExternal": (self._files_complete_upload_external, "bot"),
+            "files.info": (self._files_info, "bot"),
+            "views.open": (self._views_open, "bot"),
+            "views.update": (self._views_update, "bot"),
+            "views.push": (self._views_push, "bot"),
         }
         self._sockets: list[web.WebSocketResponse] = []
         self._init_state()
@@ -268,12 +339,18 @@ class FakeSlack(FakeServer):
         self._uploads_by_file: dict[str, _PendingUpload] = {}
         self._uploads: list[RecordedUpload] = []
         self._drop_shares = 0
+        self._triggers: dict[str, _Trigger] = {}
+        self._views: dict[str, dict[str, Any]] = {}  # by view id, as Slack holds them now
+        self._view_records: list[RecordedView] = []
+        self._files: dict[str, _SlackFile] = {}  # shared by users (add_file)
+        self._downloads: list[RecordedDownload] = []
         # Bumped by reset() so a share still scheduled by share_delay lands in no later test.
         self._generation = getattr(self, "_generation", 0) + 1
 
     def reset(self) -> None:
         """Clear recorded traffic, faults, latency, rate limit, custom methods/users, uploads (pending
-        and completed), share_delay/drop_shares, and give back every revoked scope.
+        and completed), share_delay/drop_shares, views, trigger ids, files and downloads; give back
+        every revoked scope and the 3 s trigger_ttl.
 
         Open Socket Mode connections are left alone (their count restarts at the current number).
         """
@@ -282,6 +359,7 @@ class FakeSlack(FakeServer):
             self.latency = 0.0
             self.rate_limit_per_channel = None
             self.share_delay = 0.0
+            self.trigger_ttl = TRIGGER_TTL
             self._init_state()
             self._connection_count = self.connected
 
@@ -325,6 +403,31 @@ class FakeSlack(FakeServer):
         """Files completed with files.completeUploadExternal, in completion order."""
         with self.lock:
             return list(self._uploads)
+
+    @property
+    def views(self) -> list[RecordedView]:
+        """views.open/update/push calls in order, refused ones included (check ``.ok``)."""
+        with self.lock:
+            return list(self._view_records)
+
+    @property
+    def downloads(self) -> list[RecordedDownload]:
+        """Every GET of a shared file's URL, in order; ``served`` ones delivered the bytes."""
+        with self.lock:
+            return list(self._downloads)
+
+    def downloads_of(self, file_id: str, *, served: bool = True) -> list[RecordedDownload]:
+        return [d for d in self.downloads if d.file_id == file_id and (d.served or not served)]
+
+    def view(self, view_id: str) -> dict[str, Any]:
+        """The view ``view_id`` as Slack holds it now (after any views.update)."""
+        with self.lock:
+            return copy.deepcopy(self._views[view_id])
+
+    def file(self, file_id: str) -> dict[str, Any]:
+        """The Slack file object of a file added with add_file()."""
+        with self.lock:
+            return copy.deepcopy(self._files[file_id].obj)
 
     @property
     def scopes(self) -> list[str]:
@@ -380,6 +483,9 @@ class FakeSlack(FakeServer):
                 f"  messages: {len(self._messages)}, updates: {len(self._updates)}, "
                 f"response_url posts: {len(self._responses)}, uploads completed: {len(self._uploads)}"
             )
+            views = [f"{v.method}->{v.error or v.view_id}" for v in self._view_records[-10:]]
+            downloads = [(d.file_id, d.status) for d in self._downloads[-10:]]
+            lines.append(f"  views: {', '.join(views) or 'none'}; downloads: {downloads}")
             lines.append(
                 f"  sockets open: {sum(1 for ws in self._sockets if not ws.closed)}, "
                 f"acks: {[a.get('envelope_id') for a in self._socket_acks]}"
@@ -437,13 +543,14 @@ class FakeSlack(FakeServer):
         channel: str | None = None,
     ) -> SlackFault:
         """Fail the next ``times`` calls of ``method`` ("*" = any API method; "response_url";
-        "upload" = POSTs of file bytes to upload URLs).
+        "upload" = POSTs of file bytes to upload URLs; "download" = GETs of a shared file's URL).
 
         ``error`` alone -> HTTP 200 ``{"ok": false, "error": error}``; ``status`` -> that HTTP status
         (body ``{"ok": false, "error": ...}``); ``retry_after`` -> Retry-After header, and status
         429 unless given. ``channel`` restricts the fault to calls for that channel (``channel`` or,
         for files.completeUploadExternal, ``channel_id``). An "upload" fault answers with ``status``
-        (500 unless given) and the bytes are not kept.
+        (500 unless given) and the bytes are not kept. A "download" fault answers with ``status``
+        (500 unless given; Retry-After when asked) and a short text body instead of the file.
         """
         if times < 1:
             raise ValueError("times must be >= 1")
@@ -457,10 +564,12 @@ class FakeSlack(FakeServer):
         return fault
 
     def clear(self) -> None:
-        """Forget the traffic logs (calls, responses, socket_acks, envelopes, completed uploads).
-        Posted messages and uploads not yet completed are state that later calls rely on, so they
-        stay; reset() clears everything."""
+        """Forget the traffic logs (calls, responses, socket_acks, envelopes, completed uploads,
+        views calls, downloads). Posted messages, open views, files and uploads not yet completed
+        are state that later calls rely on, so they stay; reset() clears everything."""
         with self.lock:
+            self._view_records.clear()
+            self._downloads.clear()
             self._calls.clear()
             self._responses.clear()
             self._socket_acks.clear()
@@ -498,6 +607,125 @@ class FakeSlack(FakeServer):
         with self.lock:
             self._faults.clear()
 
+    # -- files users shared (files.info, url_private_download) ----------------------------------
+
+    def add_file(
+        self,
+        name: str,
+        content: bytes | str,
+        *,
+        channel: str | None = "C123",
+        user: str = "U123",
+        filetype: str = "text",
+        mimetype: str = "application/octet-stream",
+        visible: bool = True,
+    ) -> dict[str, Any]:
+        """A file a user uploaded, shared in ``channel`` (None: not shared anywhere, like a file
+        picked in a modal's file_input). Returns its Slack file object: what file_input
+        submissions and message ``files`` carry and files.info returns. ``url_private_download``
+        points at this fake. ``visible=False``: the bot cannot see it (shared where the bot is
+        not), so files.info answers ``file_not_found`` and the download 404 (assumed)."""
+        data = content.encode() if isinstance(content, str) else content
+        with self.lock:
+            file_id = _new_file_id(set(self._files) | set(self._uploads_by_file))
+            created = int(time.time())
+            quoted = urllib.parse.quote(name)
+            base = f"{self.origin}/files-pri/{TEAM_ID}-{file_id}"
+            obj: dict[str, Any] = {
+                "id": file_id,
+                "created": created,
+                "timestamp": created,
+                "name": name,
+                "title": name,
+                "mimetype": mimetype,
+                "filetype": filetype,
+                "pretty_type": filetype.upper() if filetype else "Binary",
+                "user": user,
+                "user_team": TEAM_ID,
+                "editable": False,
+                "size": len(data),
+                "mode": "hosted",
+                "is_external": False,
+                "external_type": "",
+                "is_public": bool(channel and channel.startswith("C")),
+                "public_url_shared": False,
+                "display_as_bot": False,
+                "username": "",
+                "url_private": f"{base}/{quoted}",
+                "url_private_download": f"{base}/download/{quoted}",
+                "permalink": f"https://{TEAM_DOMAIN}.slack.com/files/{user}/{file_id}/{quoted}",
+                "channels": [channel] if channel and channel.startswith("C") else [],
+                "groups": [channel] if channel and channel.startswith("G") else [],
+                "ims": [channel] if channel and channel.startswith("D") else [],
+                "comments_count": 0,
+                "has_rich_preview": False,
+            }
+            if channel:
+                share = {"reply_users": [], "reply_count": 0, "ts": self._next_ts(), "channel_name": "ml"}
+                obj["shares"] = {"public" if channel.startswith("C") else "private": {channel: [share]}}
+            self._files[file_id] = _SlackFile(obj=obj, content=data, visible=visible)
+            return copy.deepcopy(obj)
+
+    def delete_file(self, file_id: str) -> None:
+        """The user deleted it: files.info answers ``file_deleted`` (Slack's documented error for
+        this), downloads 404. The file object already handed out keeps its URLs."""
+        with self.lock:
+            self._files[file_id].deleted = True
+
+    def serve_large_file(self, file_id: str, size_bytes: int) -> None:
+        """Serve ``size_bytes`` of generated, valid chat-format JSONL for ``file_id`` instead of its
+        content, produced while streaming (never held in memory); its ``size`` becomes that."""
+        if size_bytes < len(_JSONL_LINE):
+            raise ValueError(f"size_bytes must be at least {len(_JSONL_LINE)}")
+        with self.lock:
+            entry = self._files[file_id]
+            entry.generated_size = size_bytes
+            entry.obj["size"] = size_bytes
+
+    def user_message(
+        self, text: str = "", *, files: Sequence[dict[str, Any] | str] = (), user_id: str = "U123"
+    ) -> dict[str, Any]:
+        """A message a user posted, as message_action payloads carry it: ``files`` are file objects
+        or ids of files added with add_file(). Not recorded among ``messages`` (the bot's)."""
+        with self.lock:
+            objs = [
+                copy.deepcopy(f) if isinstance(f, dict) else copy.deepcopy(self._files[f].obj) for f in files
+            ]
+            message: dict[str, Any] = {
+                "type": "message",
+                "text": text,
+                "user": user_id,
+                "ts": self._next_ts(),
+                "team": TEAM_ID,
+                "client_msg_id": str(uuid.uuid4()),
+                "blocks": [],
+            }
+        if objs:
+            message.update(files=objs, upload=True, display_as_bot=False)
+        return message
+
+    def _file_lookup(self, file_id: str) -> dict[str, Any] | None:
+        with self.lock:
+            entry = self._files.get(file_id)
+            return copy.deepcopy(entry.obj) if entry is not None else None
+
+    # -- trigger ids -----------------------------------------------------------------------------
+
+    def trigger_id(self, *, user_id: str = "U123") -> str:
+        """A fresh trigger id, good for one views.open within ``trigger_ttl`` seconds."""
+        return self._mint_trigger(3_000_000, user_id, None)
+
+    def _mint_trigger(self, base: int, user_id: str, view_id: str | None) -> str:
+        trigger_id = f"{base + next(self._trigger_counter)}.{TEAM_ID[1:]}.{uuid.uuid4().hex}"
+        self._register_trigger(trigger_id, user_id, view_id)
+        return trigger_id
+
+    def _register_trigger(self, trigger_id: str, user_id: str, view_id: str | None) -> None:
+        with self.lock:
+            # A payload built again with the same trigger id (a retried delivery) keeps the first
+            # issue time: Slack's clock started when the user acted.
+            self._triggers.setdefault(trigger_id, _Trigger(time.monotonic(), user_id, view_id))
+
     def _take_fault(self, method: str, channel: str | None) -> SlackFault | None:
         with self.lock:
             for fault in self._faults:
@@ -533,8 +761,12 @@ class FakeSlack(FakeServer):
         response_url: str | None = None,
         trigger_id: str | None = None,
     ) -> dict[str, str]:
-        """The form fields Slack sends for a slash command (also the Socket Mode payload)."""
-        n = next(self._trigger_counter)
+        """The form fields Slack sends for a slash command (also the Socket Mode payload). Its
+        trigger_id (fresh, or the one given) is good for one views.open within trigger_ttl."""
+        if trigger_id is None:
+            trigger_id = self._mint_trigger(1_000_000, user_id, None)
+        else:
+            self._register_trigger(trigger_id, user_id, None)
         return {
             "token": "fake-verification-token",  # legacy field Slack still sends
             "team_id": team_id,
@@ -548,7 +780,7 @@ class FakeSlack(FakeServer):
             "api_app_id": APP_ID,
             "is_enterprise_install": "false",
             "response_url": response_url or self.response_url(),
-            "trigger_id": trigger_id or f"{1000000 + n}.{TEAM_ID[1:]}.{uuid.uuid4().hex}",
+            "trigger_id": trigger_id,
         }
 
     def wait_connected(self, timeout: float = 5.0) -> None:
@@ -615,7 +847,7 @@ class FakeSlack(FakeServer):
         """A button click as Slack sends it (FACTS-interactive §4): over HTTP as the form field
         ``payload=`` (JSON), over Socket Mode as an "interactive" envelope's payload. The clicked
         message is the recorded one at ``message_ts`` when there is one."""
-        n = next(self._trigger_counter)
+        trigger_id = self._mint_trigger(2_000_000, user_id, None)
         ts = message_ts or self._next_ts()
         with self.lock:
             recorded = next((m for m in self._messages if m.ts == message_ts), None)
@@ -634,7 +866,7 @@ class FakeSlack(FakeServer):
             "api_app_id": APP_ID,
             "token": "fake-verification-token",
             "container": container,
-            "trigger_id": f"{2000000 + n}.{TEAM_ID[1:]}.{uuid.uuid4().hex}",
+            "trigger_id": trigger_id,
             "team": {"id": team_id, "domain": TEAM_DOMAIN},
             "enterprise": None,
             "is_enterprise_install": False,
@@ -663,6 +895,150 @@ class FakeSlack(FakeServer):
     def send_block_actions(self, action_id: str, value: str, **payload_args: Any) -> str:
         """A click over Socket Mode (envelope type "interactive"); returns the envelope_id."""
         return self.send_envelope("interactive", self.block_actions_payload(action_id, value, **payload_args))
+
+    def send_interactive(self, payload: dict[str, Any]) -> str:
+        """Any interaction payload (view_submission, block_suggestion, message_action...) over
+        Socket Mode as an "interactive" envelope; returns the envelope_id (its ack carries the
+        response, e.g. response_action errors or options)."""
+        return self.send_envelope("interactive", payload)
+
+    async def send_interactive_async(self, payload: dict[str, Any]) -> str:
+        return await self.send_envelope_async("interactive", payload)
+
+    # -- interactivity (modals, options, message shortcuts) ----------------------------------------
+
+    def view_submission_payload(
+        self,
+        view: dict[str, Any],
+        values: dict[str, Any],
+        *,
+        user_id: str = "U123",
+        team_id: str = TEAM_ID,
+    ) -> dict[str, Any]:
+        """The user pressed Submit on ``view`` (one views.open returned, or any view dict: it is
+        completed the way Slack would hold it) with ``values`` by input block_id; see
+        slack_views.state_values for what a value may be. Every input block appears in
+        ``view.state.values``, the empty ones with null values. The payload's trigger_id is fresh
+        and tied to the view (views.push stacks on it)."""
+        held = self._held_view(view)
+        held["state"] = {"values": slack_views.state_values(held, values, file_lookup=self._file_lookup)}
+        return {
+            "type": "view_submission",
+            "team": {"id": team_id, "domain": TEAM_DOMAIN},
+            "user": {"id": user_id, "username": "alice", "name": "alice", "team_id": team_id},
+            "api_app_id": APP_ID,
+            "token": "fake-verification-token",
+            "trigger_id": self._mint_trigger(4_000_000, user_id, held["id"]),
+            "view": held,
+            "response_urls": [],
+            "is_enterprise_install": False,
+            "enterprise": None,
+        }
+
+    def block_suggestion_payload(
+        self,
+        action_id: str,
+        value: str,
+        *,
+        block_id: str,
+        view: dict[str, Any] | None = None,
+        user_id: str = "U123",
+        team_id: str = TEAM_ID,
+    ) -> dict[str, Any]:
+        """The user typed ``value`` into the external select ``action_id`` in ``block_id``. Without
+        ``view``: the newest open view holding that block, else a minimal modal holding only it.
+        Like Slack's, the payload carries no trigger_id and no response_url."""
+        if view is None:
+            view = self._view_with_block(block_id) or {
+                "type": "modal",
+                "title": {"type": "plain_text", "text": "Fake modal"},
+                "submit": {"type": "plain_text", "text": "Submit"},
+                "blocks": [
+                    {
+                        "type": "input",
+                        "block_id": block_id,
+                        "label": {"type": "plain_text", "text": block_id},
+                        "element": {"type": "external_select", "action_id": action_id},
+                    }
+                ],
+            }
+        held = self._held_view(view)
+        return {
+            "type": "block_suggestion",
+            "user": {"id": user_id, "username": "alice", "name": "alice", "team_id": team_id},
+            "container": {"type": "view", "view_id": held["id"]},
+            "api_app_id": APP_ID,
+            "token": "fake-verification-token",
+            "action_id": action_id,
+            "block_id": block_id,
+            "value": value,
+            "team": {"id": team_id, "domain": TEAM_DOMAIN},
+            "enterprise": None,
+            "is_enterprise_install": False,
+            "view": held,
+        }
+
+    def message_action_payload(
+        self,
+        callback_id: str,
+        message: dict[str, Any],
+        *,
+        channel_id: str = "C123",
+        user_id: str = "U123",
+        team_id: str = TEAM_ID,
+        response_url: str | None = None,
+    ) -> dict[str, Any]:
+        """A message shortcut ``callback_id`` used on ``message`` (e.g. user_message(files=[...]))
+        in ``channel_id``: fresh trigger_id and response_url, like Slack's."""
+        message = copy.deepcopy(message)
+        message.setdefault("type", "message")
+        message.setdefault("user", user_id)
+        if "ts" not in message:
+            with self.lock:
+                message["ts"] = self._next_ts()
+        return {
+            "type": "message_action",
+            "token": "fake-verification-token",
+            "action_ts": f"{time.time():.6f}",
+            "team": {"id": team_id, "domain": TEAM_DOMAIN},
+            "user": {"id": user_id, "username": "alice", "name": "alice", "team_id": team_id},
+            "channel": {"id": channel_id, "name": "ml"},
+            "is_enterprise_install": False,
+            "enterprise": None,
+            "callback_id": callback_id,
+            "trigger_id": self._mint_trigger(5_000_000, user_id, None),
+            "message_ts": message["ts"],
+            "message": message,
+            "response_url": response_url or self.response_url(),
+        }
+
+    @staticmethod
+    def interactive_form(payload: dict[str, Any]) -> str:
+        """The HTTP body of any interaction: form-encoded ``payload=<json>`` (sign it like a command)."""
+        return urllib.parse.urlencode({"payload": json.dumps(payload)})
+
+    def _held_view(self, view: dict[str, Any]) -> dict[str, Any]:
+        """``view`` as Slack holds it: the stored one when its id is known, else completed (a view
+        built by the test, never opened) under a fresh id."""
+        with self.lock:
+            known = self._views.get(str(view.get("id")))
+            if known is not None:
+                return copy.deepcopy(known)
+        return slack_views.stored_view(
+            view,
+            view_id=str(view.get("id") or slack_views.random_id("V")),
+            view_hash=str(view.get("hash") or slack_views.new_hash(time.time())),
+            team_id=TEAM_ID,
+            app_id=APP_ID,
+            bot_id=BOT_ID,
+        )
+
+    def _view_with_block(self, block_id: str) -> dict[str, Any] | None:
+        with self.lock:
+            for held in reversed(list(self._views.values())):
+                if any(isinstance(b, dict) and b.get("block_id") == block_id for b in held["blocks"]):
+                    return copy.deepcopy(held)
+        return None
 
     def send_slash_command(self, text: str, **payload_args: Any) -> str:
         """send_envelope("slash_commands", slash_command_payload(text, ...)); returns the envelope_id."""
@@ -729,6 +1105,9 @@ class FakeSlack(FakeServer):
         app.router.add_post("/response/{key}", self._handle_response_url)
         app.router.add_post("/upload/v1/{token}", self._handle_upload)
         app.router.add_get("/socket", self._handle_socket)
+        # url_private and url_private_download of files users shared (add_file).
+        app.router.add_get("/files-pri/{team_file}/download/{name}", self._handle_download)
+        app.router.add_get("/files-pri/{team_file}/{name}", self._handle_download)
         return app
 
     async def _handle_api(self, request: web.Request) -> web.StreamResponse:
@@ -913,6 +1292,54 @@ class FakeSlack(FakeServer):
     ) -> web.Response:
         call.status, call.response = status, recorded
         return web.Response(status=status, text=text, headers=headers)
+
+    async def _handle_download(self, request: web.Request) -> web.StreamResponse:
+        """GET of a shared file, like files.slack.com: the bytes only for ``Authorization: Bearer
+        <bot token>`` with files:read; otherwise HTTP 200 with the sign-in page (what Slack does,
+        2nd-hand: see _SIGN_IN_PAGE). Unknown, deleted or invisible files: 404 (assumed). Streamed
+        in 64 KiB chunks straight from the one copy of the content (or generated)."""
+        file_id = request.match_info["team_file"].partition("-")[2]
+        auth = request.headers.get("Authorization", "")
+        token = auth[7:].strip() if auth.lower().startswith("bearer ") else None
+        record = RecordedDownload(file_id, 0, False, False, 0, time.time())
+        with self.lock:
+            self._downloads.append(record)
+            record.authorized = token == self.bot_token and "files:read" in self._scopes
+            entry = self._files.get(file_id)
+        if self.latency > 0:
+            await asyncio.sleep(self.latency)
+        fault = self._take_fault("download", None)
+        if fault is not None:
+            record.status = fault.status or 500
+            headers = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else None
+            return web.Response(status=record.status, text=fault.error or "internal_error", headers=headers)
+        if not record.authorized:
+            record.status = 200
+            return web.Response(text=_SIGN_IN_PAGE, content_type="text/html")
+        if entry is None or entry.deleted or not entry.visible:
+            record.status = 404
+            return web.Response(status=404, text="File not found")
+        size = entry.generated_size if entry.generated_size is not None else len(entry.content)
+        name = str(entry.obj["name"])
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": str(entry.obj["mimetype"]),
+                "Content-Disposition": f"attachment; filename*=UTF-8''{urllib.parse.quote(name)}",
+            }
+        )
+        response.content_length = size
+        record.status = 200
+        await response.prepare(request)
+        chunks = _generated_jsonl(size) if entry.generated_size is not None else _slices(entry.content)
+        try:
+            for chunk in chunks:
+                await response.write(chunk)
+                record.bytes_sent += len(chunk)
+            await response.write_eof()
+        except ConnectionResetError:
+            return response  # the reader hung up (e.g. at its size cap): not served whole
+        record.served = True
+        return response
 
     def _upload_url_for(self, token: str) -> str:
         return f"{self.origin}/upload/v1/{token}"
@@ -1131,6 +1558,142 @@ class FakeSlack(FakeServer):
     def _apps_connections_open(self, params: dict[str, Any]) -> dict[str, Any]:
         return {"ok": True, "url": self.socket_url}
 
+    def _files_info(self, params: dict[str, Any]) -> dict[str, Any]:
+        file_id = params.get("file")
+        if not file_id:
+            raise _invalid_arguments("missing required field: file")
+        entry = self._files.get(str(file_id))
+        if entry is None or not entry.visible:
+            raise _SlackError("file_not_found")
+        if entry.deleted:
+            raise _SlackError("file_deleted")
+        return {
+            "ok": True,
+            "file": copy.deepcopy(entry.obj),
+            "comments": [],
+            "response_metadata": {"next_cursor": ""},
+        }
+
+    # -- views (called with self.lock held) -------------------------------------------------------
+
+    def _views_open(self, params: dict[str, Any]) -> dict[str, Any]:
+        record = self._view_call("views.open", params)
+        trigger = self._take_trigger(record, params)
+        view = self._checked_view(record, params)
+        return self._store_view(record, view, trigger, previous=None)
+
+    def _views_push(self, params: dict[str, Any]) -> dict[str, Any]:
+        record = self._view_call("views.push", params)
+        trigger = self._take_trigger(record, params)
+        view = self._checked_view(record, params)
+        below = self._views.get(trigger.view_id) if trigger.view_id else None
+        if below is not None:
+            root = below["root_view_id"]
+            if sum(1 for v in self._views.values() if v["root_view_id"] == root) >= _VIEW_STACK_LIMIT:
+                raise self._view_refused(record, "push_limit_reached")
+        # A trigger from outside any modal starts a stack of its own (Slack's answer is unknown).
+        return self._store_view(record, view, trigger, previous=below)
+
+    def _views_update(self, params: dict[str, Any]) -> dict[str, Any]:
+        record = self._view_call("views.update", params)
+        view_id, external_id = params.get("view_id"), params.get("external_id")
+        if view_id:
+            current = self._views.get(str(view_id))
+        elif external_id:
+            current = next((v for v in self._views.values() if v["external_id"] == external_id), None)
+        else:
+            raise self._view_refused(record, "invalid_arguments", "either view_id or external_id is required")
+        if current is None:
+            raise self._view_refused(record, "not_found")
+        record.view_id = current["id"]
+        view = self._checked_view(record, params)
+        expected = params.get("hash")
+        if expected and expected != current["hash"]:
+            # Someone updated the view since this caller read it.
+            raise self._view_refused(record, "hash_conflict")
+        new_external = view.get("external_id") or current["external_id"]
+        updated = slack_views.stored_view(
+            {**view, "external_id": new_external},
+            view_id=current["id"],
+            view_hash=slack_views.new_hash(time.time()),
+            team_id=TEAM_ID,
+            app_id=APP_ID,
+            bot_id=BOT_ID,
+            root_view_id=current["root_view_id"],
+            previous_view_id=current["previous_view_id"],
+        )
+        self._views[current["id"]] = updated
+        record.view = copy.deepcopy(updated)
+        return {"ok": True, "view": copy.deepcopy(updated)}
+
+    def _view_call(self, method: str, params: dict[str, Any]) -> RecordedView:
+        view = params.get("view")
+        trigger_id = params.get("trigger_id")
+        record = RecordedView(
+            method=method,
+            view=copy.deepcopy(view) if isinstance(view, dict) else {"_raw": view},
+            trigger_id=str(trigger_id) if trigger_id else None,
+            view_id=None,
+            user_id=None,
+            time=time.time(),
+        )
+        self._view_records.append(record)
+        return record
+
+    @staticmethod
+    def _view_refused(record: RecordedView, error: str, *problems: str) -> _SlackError:
+        record.error = error
+        record.messages = [p if p.startswith("[ERROR]") else f"[ERROR] {p}" for p in problems]
+        if record.messages:
+            return _SlackError(error, response_metadata={"messages": record.messages})
+        return _SlackError(error)
+
+    def _take_trigger(self, record: RecordedView, params: dict[str, Any]) -> _Trigger:
+        """Checked now, spent only once the view is accepted (a refused view leaves it usable)."""
+        trigger_id = params.get("trigger_id")
+        if not trigger_id:
+            raise self._view_refused(record, "invalid_arguments", "missing required field: trigger_id")
+        trigger = self._triggers.get(str(trigger_id))
+        if trigger is None:
+            raise self._view_refused(record, "invalid_trigger_id")
+        record.user_id = trigger.user_id
+        if trigger.used:
+            raise self._view_refused(record, "exchanged_trigger_id")
+        if time.monotonic() - trigger.issued >= self.trigger_ttl:
+            raise self._view_refused(record, "expired_trigger_id")
+        return trigger
+
+    def _checked_view(self, record: RecordedView, params: dict[str, Any]) -> dict[str, Any]:
+        view = params.get("view")
+        error, messages = slack_views.view_errors(view, other_blocks=_view_block_errors)
+        if error:
+            raise self._view_refused(record, error, *messages)
+        assert isinstance(view, dict)
+        external_id = view.get("external_id")
+        taken = any(v["external_id"] == external_id for v in self._views.values())
+        if external_id and record.method != "views.update" and taken:
+            raise self._view_refused(record, "duplicate_external_id")
+        return view
+
+    def _store_view(
+        self, record: RecordedView, view: dict[str, Any], trigger: _Trigger, previous: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        trigger.used = True
+        view_id = slack_views.random_id("V")
+        held = slack_views.stored_view(
+            view,
+            view_id=view_id,
+            view_hash=slack_views.new_hash(time.time()),
+            team_id=TEAM_ID,
+            app_id=APP_ID,
+            bot_id=BOT_ID,
+            root_view_id=previous["root_view_id"] if previous else None,
+            previous_view_id=previous["id"] if previous else None,
+        )
+        self._views[view_id] = held
+        record.view, record.view_id = copy.deepcopy(held), view_id
+        return {"ok": True, "view": copy.deepcopy(held)}
+
     def _files_get_upload_url_external(self, params: dict[str, Any]) -> dict[str, Any]:
         filename = params.get("filename")
         if not isinstance(filename, str) or not filename.strip():
@@ -1288,7 +1851,7 @@ async def _read_params(request: web.Request) -> dict[str, Any]:
             for key, value in form.items():
                 params[key] = value if isinstance(value, str) else "<file>"
     # Form bodies carry structured arguments as JSON strings; tests want the structure.
-    for key in ("blocks", "attachments", "metadata"):
+    for key in ("blocks", "attachments", "metadata", "view"):
         value = params.get(key)
         if isinstance(value, str) and value.strip()[:1] in ("[", "{"):
             # Left as a string when malformed; the method handler reports it.
@@ -1308,6 +1871,37 @@ async def _read_upload_body(request: web.Request) -> bytes | None:
         if isinstance(value, web.FileField):
             return value.file.read()
     return None
+
+
+# One chat example per line (the content varies in length to fill a size exactly).
+_JSONL_LINE = (
+    b'{"messages": [{"role": "system", "content": "You answer briefly."}, '
+    b'{"role": "user", "content": "What is the capital of France?"}, '
+    b'{"role": "assistant", "content": "Paris."}]}\n'
+)
+
+
+def _slices(data: bytes) -> Iterator[bytes]:
+    view = memoryview(data)
+    for start in range(0, len(view), _DOWNLOAD_CHUNK):
+        yield bytes(view[start : start + _DOWNLOAD_CHUNK])
+
+
+def _generated_jsonl(size: int) -> Iterator[bytes]:
+    """Exactly ``size`` bytes of valid JSONL: whole copies of _JSONL_LINE, the last one padded
+    inside its assistant content so the file ends on a complete line. Constant memory."""
+    per_chunk = max(1, _DOWNLOAD_CHUNK // len(_JSONL_LINE))
+    block = _JSONL_LINE * per_chunk
+    lines, extra = divmod(size, len(_JSONL_LINE))
+    # The remainder goes into the last line: "Paris." followed by spaces.
+    last = _JSONL_LINE.replace(b'"Paris."', b'"Paris.' + b" " * extra + b'"')
+    remaining = lines - 1
+    while remaining >= per_chunk:
+        yield block
+        remaining -= per_chunk
+    if remaining:
+        yield _JSONL_LINE * remaining
+    yield last
 
 
 def _invalid_arguments(problem: str) -> _SlackError:
@@ -1414,13 +2008,20 @@ def _message_content(
     return text, blocks, attachments
 
 
-def _block_errors(blocks: list[Any]) -> list[str]:
-    """A small subset of Slack's Block Kit validation: the limits bots actually run into."""
+def _block_errors(
+    blocks: list[Any], *, max_blocks: int = _MAX_BLOCKS, prefix: str = "/blocks", per_block_ids: bool = False
+) -> list[str]:
+    """A small subset of Slack's Block Kit validation: the limits bots actually run into.
+
+    ``per_block_ids``: action_ids need only be unique within their block (Slack's documented rule,
+    used for modals, whose inputs legitimately share action_ids across blocks); messages are held
+    to message-wide uniqueness.
+    """
     errors: list[str] = []
-    if len(blocks) > _MAX_BLOCKS:
-        errors.append(f"no more than {_MAX_BLOCKS} items allowed [json-pointer:/blocks]")
+    if len(blocks) > max_blocks:
+        errors.append(f"no more than {max_blocks} items allowed [json-pointer:{prefix}]")
     for i, block in enumerate(blocks):
-        ptr = f"/blocks/{i}"
+        ptr = f"{prefix}/{i}"
         if not isinstance(block, dict) or not isinstance(block.get("type"), str):
             errors.append(f"missing required field: type [json-pointer:{ptr}]")
             continue
@@ -1451,8 +2052,16 @@ def _block_errors(blocks: list[Any]) -> list[str]:
             elif kind == "actions":
                 for j, element in enumerate(elements):
                     errors += _element_errors(element, f"{ptr}/elements/{j}")
-    errors += _duplicate_action_ids(blocks)
+    if per_block_ids:
+        for block in blocks:
+            errors += _duplicate_action_ids([block])
+    else:
+        errors += _duplicate_action_ids(blocks)
     return errors
+
+
+def _view_block_errors(blocks: list[Any], prefix: str) -> list[str]:
+    return _block_errors(blocks, max_blocks=slack_views.MAX_VIEW_BLOCKS, prefix=prefix, per_block_ids=True)
 
 
 def _duplicate_action_ids(blocks: list[Any]) -> list[str]:
@@ -1554,12 +2163,15 @@ __all__ = [
     "DEFAULT_APP_TOKEN",
     "DEFAULT_BOT_SCOPES",
     "DEFAULT_BOT_TOKEN",
+    "TRIGGER_TTL",
     "FakeSlack",
     "RecordedCall",
+    "RecordedDownload",
     "RecordedEphemeral",
     "RecordedMessage",
     "RecordedResponse",
     "RecordedUpdate",
     "RecordedUpload",
+    "RecordedView",
     "SlackFault",
 ]
