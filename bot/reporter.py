@@ -34,7 +34,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.chart_renderer import ChartError, ChartInput, ChartRenderer
-from bot.models import TERMINAL_STATUSES
+from bot.models import TERMINAL_STATUSES, FineTuningJob
 from bot.openai_client import FineTuningClient, NotFoundError, OpenAIError
 from bot.reports import (
     UPLOAD_REFUSALS,
@@ -252,7 +252,9 @@ class Reporter:
                 return
 
         try:
-            data = await gather_report(self._openai, item.job_id, parse=self._renderer.parse)
+            data = await gather_report(
+                self._openai, item.job_id, parse=self._renderer.parse, job=_ended_job(item.payload)
+            )
         except NotFoundError:
             await self._finish(item, None, None, "job gone at OpenAI")
             log.info("no report for %s: OpenAI no longer has the job", item.job_id)
@@ -396,6 +398,16 @@ class Reporter:
                 and (meta.get("event_payload") or {}).get("key") == item.key
             ):
                 return f"message {message.get('ts')}"
+        return None
+
+
+def _ended_job(payload: dict[str, object]) -> FineTuningJob | None:
+    """The job as the outbox recorded it when it ended (a whole job object), if it is one."""
+    if payload.get("object") != "fine_tuning.job" or payload.get("status") not in TERMINAL_STATUSES:
+        return None
+    try:
+        return FineTuningJob.from_api(payload)
+    except (KeyError, TypeError, ValueError):
         return None
 
 

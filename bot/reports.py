@@ -89,12 +89,20 @@ async def _parse_here(data: bytes) -> MetricSeries:
     return parse_result_file(data)
 
 
-async def gather_report(openai: FineTuningClient, job_id: str, *, parse: Parse = _parse_here) -> ReportData:
+async def gather_report(
+    openai: FineTuningClient,
+    job_id: str,
+    *,
+    parse: Parse = _parse_here,
+    job: FineTuningJob | None = None,
+) -> ReportData:
     """Everything a report shows, read fresh. OpenAI errors other than a missing result file
     propagate: the caller decides whether to retry. `parse` reads the result file; the bot passes
     `ChartRenderer.parse`, which does it in the worker process (a big file is seconds of pure
-    Python that would otherwise stall every acknowledgement)."""
-    job = await openai.retrieve_job(job_id)
+    Python that would otherwise stall every acknowledgement). `job`: an ended job as the outbox
+    recorded it (final: no need to ask OpenAI again)."""
+    if job is None or job.id != job_id:
+        job = await openai.retrieve_job(job_id)
     problems: list[str] = []
     series: MetricSeries | None = None
     if job.result_files:

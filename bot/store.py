@@ -615,6 +615,7 @@ class Store:
                 watches.c.announcement_ts.is_not(None),
                 watches.c.card_stopped.is_(None),
                 outbox.c.sent_at.is_not(None),
+                outbox.c.outcome != REPORT,  # the outcome's row: a report says nothing of the card
                 # By DM means the channel refused the bot: its card is not edited either.
                 outbox.c.sent_channel == watches.c.channel_id,
             )

@@ -58,7 +58,8 @@ def test_final_card_lost_at_a_kill_is_shown_after_restart(
         h.wait_poll_cycles(2)
         assert len(card_updates(h, card.ts)) == 1
         assert len(outcomes(h, job_id)) == 1
-        # The final state came from the outbox payload: the job was not asked for again.
+        # The final state came from the outbox payload: the job was not asked for again (nor for
+        # its report, which starts from that payload too).
         assert len(fake_openai.requests_to(rf"/fine_tuning/jobs/{job_id}")) == retrieves
     finally:
         assert h.bot.stop() == 0, h.bot.logs
@@ -137,7 +138,7 @@ def test_final_cards_to_check_finds_only_sent_editable_recent_cards(tmp_path: Pa
                 announcement_ts=ts, job_created_at=1, status="running",
             )  # fmt: skip
             store.finish_watch(watch, "succeeded", {"id": job, "status": "succeeded"}, now=at)
-            [item] = [i for i in store.outbox_items() if i.job_id == job]
+            [item] = [i for i in store.outbox_items() if i.job_id == job and not i.is_report]
             if sent_to:
                 store.mark_sent(item.id, channel=sent_to, ts="2.0")
             return watch.id
