@@ -19,10 +19,12 @@ JOB_PAUSE = "job_pause"
 JOB_RESUME = "job_resume"
 JOB_CHECKPOINTS = "job_checkpoints"
 LIST_NEXT_PAGE = "list_next_page"
+OPEN_CREATE_FORM = "open_create_form"
 
 JOB_ACTION_IDS = (JOB_REFRESH, JOB_EVENTS, JOB_CANCEL, JOB_PAUSE, JOB_RESUME, JOB_CHECKPOINTS)
 JOB_BLOCK_ID = "job_actions"
 LIST_BLOCK_ID = "list_actions"
+HELP_BLOCK_ID = "help_actions"
 
 # Slack's limits (FACTS-interactive §6): the value and the confirm dialog's texts.
 VALUE_CHARS = 2000
@@ -99,3 +101,11 @@ def list_actions(next_page: str) -> dict[str, Any]:
         "block_id": LIST_BLOCK_ID,
         "elements": [_button(LIST_NEXT_PAGE, "Next page", next_page)],
     }
+
+
+def help_actions() -> dict[str, Any]:
+    """The help's **New fine-tuning job** button: it opens the create form (a click carries the
+    trigger_id that views.open needs, as a typed `/finetune create` does)."""
+    button = _button(OPEN_CREATE_FORM, "New fine-tuning job", None)
+    button["style"] = "primary"
+    return {"type": "actions", "block_id": HELP_BLOCK_ID, "elements": [button]}

@@ -16,6 +16,7 @@ from bot import ids
 LIST_DEFAULT_LIMIT = 10
 EVENTS_DEFAULT_LIMIT = 20
 CHECKPOINTS_DEFAULT_LIMIT = 10
+FILES_DEFAULT_LIMIT = 10
 MAX_LIMIT = 100
 MAX_SEED = 2_147_483_647
 MAX_SUFFIX = 64
@@ -54,6 +55,18 @@ class CreateCommand:
         if self.hyperparameters:
             payload[self.method] = {"hyperparameters": dict(self.hyperparameters)}
         return payload
+
+
+@dataclass(frozen=True)
+class OpenCreateFormCommand:
+    """`create` with nothing after it: open the create form (a modal) instead."""
+
+
+@dataclass(frozen=True)
+class FilesCommand:
+    """The fine-tune files already uploaded to OpenAI, newest first."""
+
+    limit: int = FILES_DEFAULT_LIMIT
 
 
 @dataclass(frozen=True)
@@ -131,6 +144,8 @@ class UnwatchCommand:
 Command = (
     HelpCommand
     | CreateCommand
+    | OpenCreateFormCommand
+    | FilesCommand
     | ListCommand
     | GetCommand
     | EventsCommand
@@ -159,6 +174,7 @@ USAGE = {
     "list": "list [mine] [status=running|queued|paused|succeeded|failed|cancelled|validating_files] "
     "[limit=N]",
     "get": "get <job-id>",
+    "files": "files [limit=N]",
     "events": "events <job-id> [limit=N]",
     "cancel": "cancel <job-id>",
     "pause": "pause <job-id>",
@@ -173,6 +189,7 @@ EXAMPLES = {
     "create": "create file-abc123 model=gpt-4o-mini-2024-07-18 suffix=support epochs=3",
     "list": "list mine status=running limit=20",
     "get": "get ftjob-abc123",
+    "files": "files limit=20",
     "events": "events ftjob-abc123 limit=50",
     "cancel": "cancel ftjob-abc123",
     "pause": "pause ftjob-abc123",
@@ -193,6 +210,8 @@ _ALIASES = {
     "status": "get",
     "retrieve": "get",
     "show": "get",
+    "files": "files",
+    "file": "files",
     "events": "events",
     "logs": "events",
     "cancel": "cancel",
@@ -238,6 +257,14 @@ def parse_command(text: str, *, default_model: str) -> Command | ParseError:
         return _parse_create(args, default_model)
     if name == "list":
         return _parse_list(args)
+    if name == "files":
+        positional, options = _split(args, "files", ("limit",))
+        if isinstance(options, ParseError):
+            return options
+        if positional:
+            return _unexpected(positional, "files")
+        limit = _parse_limit(options, FILES_DEFAULT_LIMIT, "files")
+        return limit if isinstance(limit, ParseError) else FilesCommand(limit)
     if name == "watch" and not args:
         return WatchCommand()
     # get / events / cancel / pause / resume / checkpoints / report / watch / unwatch: one job id.
@@ -384,6 +411,8 @@ def _parse_positive_float(value: str, key: str, upper: float | None, command: st
 
 
 def _parse_create(args: list[str], default_model: str) -> Command | ParseError:
+    if not args:
+        return OpenCreateFormCommand()  # nothing typed after `create`: the form asks for it all
     positional, options = _split(args, "create", _CREATE_OPTIONS)
     if isinstance(options, ParseError):
         return options
@@ -391,58 +420,37 @@ def _parse_create(args: list[str], default_model: str) -> Command | ParseError:
     if isinstance(training_file, ParseError):
         return training_file
 
-    model = options.get("model", default_model)
-    if MODEL_NAME.fullmatch(model) is None:
-        return ParseError(
-            f"`{_echo(model)}` is not a model name. Try a fine-tunable model such as `{default_model}`.",
-            usage=USAGE["create"],
-        )
+    model = check_model(options.get("model", default_model), default_model)
+    if isinstance(model, ParseError):
+        return model
     validation_file = options.get("validation_file")
-    if validation_file is not None and not ids.is_file_id(validation_file):
-        return ParseError(
-            f"`validation_file` must be a file id like `file-abc123`, not `{_echo(validation_file)}`.",
-            usage=USAGE["create"],
-        )
+    if validation_file is not None:
+        validation_file = check_validation_file(validation_file)
+        if isinstance(validation_file, ParseError):
+            return validation_file
     suffix = options.get("suffix")
-    if suffix is not None and SUFFIX.fullmatch(suffix) is None:
-        return ParseError(
-            f"`suffix` must be 1 to {MAX_SUFFIX} letters, digits, `.`, `_` or `-`"
-            f" (it becomes part of the model name), not `{_echo(suffix)}`.",
-            usage=USAGE["create"],
-        )
+    if suffix is not None:
+        suffix = check_suffix(suffix)
+        if isinstance(suffix, ParseError):
+            return suffix
     seed: int | None = None
     if "seed" in options:
-        parsed_seed = _parse_int(options["seed"], "seed", 0, MAX_SEED, "create")
+        parsed_seed = check_seed(options["seed"])
         if isinstance(parsed_seed, ParseError):
             return parsed_seed
         seed = parsed_seed
-    method = options.get("method", "supervised").lower()
-    if method not in METHODS:
-        return ParseError(
-            f"`method` must be `supervised` or `dpo`, not `{_echo(method)}`.", usage=USAGE["create"]
-        )
+    method = check_method(options.get("method", "supervised"))
+    if isinstance(method, ParseError):
+        return method
 
     hyperparameters: dict[str, int | float | str] = {}
-    for key, api_key, low, high in (("epochs", "n_epochs", 1, 50), ("batch_size", "batch_size", 1, 256)):
+    for key in HYPERPARAMETERS:
         if key in options:
-            if options[key].lower() == "auto":
-                hyperparameters[api_key] = "auto"
-                continue
-            number = _parse_int(options[key], key, low, high, "create")
-            if isinstance(number, ParseError):
-                return ParseError(number.message.replace(", not", " (or `auto`), not"), usage=USAGE["create"])
-            hyperparameters[api_key] = number
-    for key, upper in (("learning_rate_multiplier", None), ("beta", 2.0)):
-        if key in options:
-            if key == "beta" and method != "dpo":
-                return ParseError("`beta` only applies to `method=dpo`.", usage=USAGE["create"])
-            if options[key].lower() == "auto":
-                hyperparameters[key] = "auto"
-                continue
-            value = _parse_positive_float(options[key], key, upper, "create")
-            if isinstance(value, ParseError):
-                return value
-            hyperparameters[key] = value
+            checked = check_hyperparameter(key, options[key], method)
+            if isinstance(checked, ParseError):
+                return checked
+            api_key, value = checked
+            hyperparameters[api_key] = value
 
     return CreateCommand(
         training_file=training_file,
@@ -453,6 +461,76 @@ def _parse_create(args: list[str], default_model: str) -> Command | ParseError:
         method=method,
         hyperparameters=hyperparameters,
     )
+
+
+# -- one check per `create` option: the command and the create form (bot/modal.py) share them, so
+# a value the one refuses the other refuses too, with the same words.
+
+# The option names people use, in the order they are checked, and the name the API gives each.
+HYPERPARAMETERS = {
+    "epochs": "n_epochs",
+    "batch_size": "batch_size",
+    "learning_rate_multiplier": "learning_rate_multiplier",
+    "beta": "beta",
+}
+
+
+def check_model(model: str, default_model: str) -> str | ParseError:
+    if MODEL_NAME.fullmatch(model) is None:
+        return ParseError(
+            f"`{_echo(model)}` is not a model name. Try a fine-tunable model such as `{default_model}`.",
+            usage=USAGE["create"],
+        )
+    return model
+
+
+def check_validation_file(value: str) -> str | ParseError:
+    if not ids.is_file_id(value):
+        return ParseError(
+            f"`validation_file` must be a file id like `file-abc123`, not `{_echo(value)}`.",
+            usage=USAGE["create"],
+        )
+    return value
+
+
+def check_suffix(suffix: str) -> str | ParseError:
+    if SUFFIX.fullmatch(suffix) is None:
+        return ParseError(
+            f"`suffix` must be 1 to {MAX_SUFFIX} letters, digits, `.`, `_` or `-`"
+            f" (it becomes part of the model name), not `{_echo(suffix)}`.",
+            usage=USAGE["create"],
+        )
+    return suffix
+
+
+def check_seed(value: str) -> int | ParseError:
+    return _parse_int(value, "seed", 0, MAX_SEED, "create")
+
+
+def check_method(value: str) -> str | ParseError:
+    method = value.lower()
+    if method not in METHODS:
+        return ParseError(
+            f"`method` must be `supervised` or `dpo`, not `{_echo(method)}`.", usage=USAGE["create"]
+        )
+    return method
+
+
+def check_hyperparameter(key: str, value: str, method: str) -> tuple[str, int | float | str] | ParseError:
+    """`key` is one of HYPERPARAMETERS; returns the API's name for it and the value to send."""
+    api_key = HYPERPARAMETERS[key]
+    if key == "beta" and method != "dpo":
+        return ParseError("`beta` only applies to `method=dpo`.", usage=USAGE["create"])
+    if value.lower() == "auto":
+        return api_key, "auto"
+    if key in ("epochs", "batch_size"):
+        low, high = (1, 50) if key == "epochs" else (1, 256)
+        number = _parse_int(value, key, low, high, "create")
+        if isinstance(number, ParseError):
+            return ParseError(number.message.replace(", not", " (or `auto`), not"), usage=USAGE["create"])
+        return api_key, number
+    parsed = _parse_positive_float(value, key, 2.0 if key == "beta" else None, "create")
+    return parsed if isinstance(parsed, ParseError) else (api_key, parsed)
 
 
 def _echo(value: str) -> str:

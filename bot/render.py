@@ -16,7 +16,7 @@ from typing import Any
 from bot import buttons
 from bot.commands import EXAMPLES, USAGE, ParseError
 from bot.logs import redact_value
-from bot.models import Checkpoint, FineTuningJob, JobEvent
+from bot.models import Checkpoint, FineTuningJob, JobEvent, OpenAIFile
 from bot.openai_client import (
     AuthenticationError,
     BadRequestError,
@@ -62,6 +62,7 @@ _DESCRIPTIONS = {
     "create": "start a fine-tuning job",
     "list": "list recent jobs",
     "get": "show one job",
+    "files": "list the training files already uploaded to OpenAI (newest first)",
     "events": "show a job's events",
     "cancel": "cancel a job",
     "pause": "pause a running job",
@@ -144,6 +145,18 @@ def duration_words(seconds: float) -> str:
                     parts.append(_plural(rest, smaller))
             return " ".join(parts)
     raise AssertionError("unreachable: the last unit is one second")  # pragma: no cover
+
+
+def size_words(size: int) -> str:
+    """Bytes as people read them (decimal units, like Slack and OpenAI show file sizes)."""
+    if size < 1000:
+        return _plural(size, "byte")
+    value = float(size)
+    for unit in ("kB", "MB", "GB", "TB"):
+        value /= 1000
+        if value < 999.95 or unit == "TB":
+            return f"{value:.1f} {unit}" if value < 100 else f"{value:.0f} {unit}"
+    raise AssertionError("unreachable: TB ends the loop")  # pragma: no cover
 
 
 def age_words(ts: int, now: int) -> str:
@@ -240,7 +253,11 @@ def _mention(user_id: str) -> str:
 
 def _help_lines(command: str) -> list[str]:
     cmd = _clip(command, 40)
-    lines = [f"*`{cmd}` starts, inspects and cancels OpenAI fine-tuning jobs.*"]
+    lines = [
+        f"*`{cmd}` starts, inspects and cancels OpenAI fine-tuning jobs.*",
+        f"• a form for a new job (upload a `.jsonl`: it is checked, counted and priced before anything "
+        f"starts): `{cmd} create` with nothing after it, or the button below",
+    ]
     for name, usage in USAGE.items():
         description = _DESCRIPTIONS.get(name, name)
         lines.append(f"• {description}: `{cmd} {escape(usage)}`")
@@ -252,6 +269,7 @@ def _help_lines(command: str) -> list[str]:
 
 def render_help(command: str = "/finetune") -> Reply:
     blocks = [_section(chunk) for chunk in _chunk(_help_lines(command))]
+    blocks.append(buttons.help_actions())
     return _reply(f"How to use {_clip(command, 40)}", blocks)
 
 
@@ -927,3 +945,63 @@ def render_not_allowed(job_id: str, action: str, starter: str | None, *, starter
             "or a finetune-bot admin (`FINETUNE_ADMINS`) can."
         )
     return _reply(text, [_section(text)])
+
+
+# ------------------------------------------------------------------------------------ the create form
+
+
+def render_create_form_not_opened(reason: str, command: str = "/finetune") -> Reply:
+    """views.open failed (most often the 3-second trigger ran out): what to do instead."""
+    cmd = _clip(command, 40)
+    if reason in ("expired_trigger_id", "exchanged_trigger_id", "invalid_trigger_id"):
+        why = "Slack gives a bot only 3 seconds to open a form, and that time ran out"
+    else:
+        why = f"Slack said {_code(reason, 60)}"
+    text = (
+        f":warning: I couldn't open the create form ({why}). Try again, or type the command: "
+        f"`{cmd} {escape(EXAMPLES['create'])}`."
+    )
+    return _reply(text, [_section(text)])
+
+
+def render_shortcut_needs_one_jsonl(found: int, other_names: list[str]) -> Reply:
+    """The message shortcut on a message without exactly one `.jsonl` file."""
+    if found > 1:
+        what = f"this message has {found} `.jsonl` files; I can take one at a time"
+    elif other_names:
+        names = ", ".join(_code(name.replace("`", "'"), 60) for name in other_names[:5])
+        more = f" and {len(other_names) - 5} more" if len(other_names) > 5 else ""
+        what = f"this message has no `.jsonl` file (only {names}{more})"
+    else:
+        what = "this message has no file"
+    text = (
+        f":warning: “Fine-tune on this file” needs a message with one `.jsonl` file: {what}. "
+        "Fine-tuning takes JSON Lines, one example per line. Share the `.jsonl` in a message of its "
+        "own and use the shortcut on it, or run `/finetune create` to upload it in the form."
+    )
+    return _reply(text, [_section(text)])
+
+
+def _file_line(file: OpenAIFile, now: int) -> str:
+    parts = [_code(file.id), _clip(file.filename, NAME_CHARS) or "(no name)"]
+    if file.bytes is not None:
+        parts.append(size_words(file.bytes))
+    if file.created_at is not None:
+        parts.append(f"uploaded {_when(file.created_at, now)}")
+    return "• " + " · ".join(parts)
+
+
+def render_files(files: list[OpenAIFile], has_more: bool, now: int) -> Reply:
+    """`/finetune files`: the fine-tune files in OpenAI, newest first (the id is what `create` takes)."""
+    if not files:
+        text = "No fine-tune files in OpenAI yet. Upload a `.jsonl` with `/finetune create` (the form)."
+        return _reply(text, [_section(text)])
+    if has_more:
+        recent = _most_recent(len(files), "fine-tune file")
+        heading = recent[:1].upper() + recent[1:]
+    else:
+        heading = f"{_plural(len(files), 'fine-tune file')} in OpenAI"
+    blocks = [_section(f"*{heading}*")]
+    blocks += [_section(chunk) for chunk in _chunk(_file_line(f, now) for f in files)]
+    blocks.append(_context("Start a job on one: `/finetune create file-…` (or pick it in the form)."))
+    return _reply(heading, blocks)

@@ -22,7 +22,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy.exc import SQLAlchemyError
 
-from bot import render
+from bot import modal, render
 from bot.access import (
     DEFAULT_READ_ACCESS,
     Origin,
@@ -38,17 +38,20 @@ from bot.commands import (
     Command,
     CreateCommand,
     EventsCommand,
+    FilesCommand,
     GetCommand,
     HelpCommand,
     ListCommand,
+    OpenCreateFormCommand,
     PauseCommand,
     ReportCommand,
     ResumeCommand,
     UnwatchCommand,
     WatchCommand,
 )
+from bot.config import DEFAULT_MODEL
 from bot.crash import crash_point
-from bot.models import TERMINAL_STATUSES, FineTuningJob
+from bot.models import TERMINAL_STATUSES, FineTuningJob, OpenAIFile, Page
 from bot.openai_client import (
     IDEMPOTENCY_KEY,
     FineTuningClient,
@@ -197,8 +200,10 @@ class CommandRunner:
         owner: str = "runner",
         show_card: ShowCard | None = None,
         reporter: Reporter | None = None,
+        default_model: str = DEFAULT_MODEL,
     ) -> None:
         self._openai = openai
+        self._default_model = default_model  # preselected in the create form
         self._reporter = reporter
         # How a Refresh click redraws a card: the live card's editor (progress read fresh) when
         # there is one; otherwise the announcement is re-rendered as it is.
@@ -261,6 +266,11 @@ class CommandRunner:
                 return await self._report(job_id, invocation)
             case CreateCommand():
                 return await self._create(command, invocation)
+            case OpenCreateFormCommand():
+                return await self.open_create_form(invocation)
+            case FilesCommand(limit=limit):
+                page = await self.fine_tune_files(limit=limit)
+                return render.render_files(page.data, page.has_more, self._now())
             case WatchCommand(job_id=None):
                 rows = await asyncio.to_thread(self._store.channel_watches, invocation.channel_id)
                 return render.render_watch_list(
@@ -271,6 +281,70 @@ class CommandRunner:
             case UnwatchCommand(job_id=job_id):
                 return await self._unwatch(job_id, invocation)
         return None  # pragma: no cover - every command is matched above
+
+    # -- the create form (bot/modal.py) -----------------------------------------------------------
+
+    async def open_create_form(
+        self, invocation: Invocation, *, preselected_upload: modal.SlackFileRef | None = None
+    ) -> render.Reply | None:
+        """Open the create form with the invocation's trigger_id; None when it opened, else what to
+        tell the user. Nothing else happens first: Slack's trigger expires 3 seconds after the
+        click or command, whatever OpenAI is doing (the file menu loads its options separately)."""
+        view = modal.create_view(
+            channel_id=invocation.channel_id,
+            default_model=self._default_model,
+            models=modal.BASE_MODELS,
+            preselected_upload=preselected_upload,
+        )
+        try:
+            await self._slack.views_open(trigger_id=invocation.trigger_id, view=view)
+        except SlackApiError as error:
+            reason = str(error.response.get("error") or "unknown_error")
+            log.warning("could not open the create form for %s: %s", invocation.user_id, reason)
+            return render.render_create_form_not_opened(reason)
+        except Exception as error:
+            log.warning("could not open the create form for %s: %s", invocation.user_id, type(error).__name__)
+            return render.render_create_form_not_opened("slack_unavailable")
+        return None
+
+    async def create_from_form(self, command: CreateCommand, invocation: Invocation) -> None:
+        """A submitted form naming a file already in OpenAI: the same create as the command (write
+        down, create with the submission's key, watch, announce in the form's channel). A form has
+        no response_url, so the private answer, if any, goes out as an ephemeral message."""
+        reply = await self.run(command, invocation)
+        if reply is not None:
+            await self.tell(invocation, reply)
+
+    async def check_training_upload(self, form: modal.CreateForm, invocation: Invocation) -> None:
+        """A submitted form with a file uploaded in Slack: download, check and report it."""
+        # TODO(lead): bot/training_flow.py replaces this stub (issue 14: "Checking…", the report,
+        # Start → upload once → create_from_form).
+        raise NotImplementedError("checking a training file uploaded in Slack")
+
+    async def tell(self, invocation: Invocation, reply: render.Reply) -> None:
+        """Say something privately to the invoker where there is no response_url (a form): an
+        ephemeral message in the channel, or a direct message when the channel refuses the bot."""
+        try:
+            await self._slack.chat_postEphemeral(
+                channel=invocation.channel_id, user=invocation.user_id, **reply.as_kwargs()
+            )
+            return
+        except SlackApiError as error:
+            # Not a member of a private channel, or the channel is gone: the DM still reaches them.
+            reason = error.response.get("error")
+            log.info("no ephemeral for %s (%s); trying a DM", invocation.user_id, reason)
+        except Exception as error:
+            log.warning("could not reach %s: %s", invocation.user_id, type(error).__name__)
+            return
+        try:
+            opened = await self._slack.conversations_open(users=invocation.user_id)
+            await self._slack.chat_postMessage(channel=opened["channel"]["id"], **reply.as_kwargs())
+        except Exception as error:
+            log.warning("could not tell %s anything: %s", invocation.user_id, type(error).__name__)
+
+    async def fine_tune_files(self, *, limit: int) -> Page[OpenAIFile]:
+        """The fine-tune files in OpenAI, newest first (`/finetune files` and the form's menus)."""
+        return await self._openai.list_files(purpose="fine-tune", limit=limit, order="desc")
 
     async def _report(self, job_id: str, invocation: Invocation) -> render.Reply:
         """In the job's thread when this channel has its card, else a new message here: a chart

@@ -114,6 +114,7 @@ def build_asgi(settings: Settings, store: Store, identity: BotIdentity | None = 
         owner=owner,
         show_card=cards.show_now,
         reporter=reporter,
+        default_model=settings.default_model,
     )
     # Creates left half-done (a crash, a database failure) are finished each cycle: on SQLite every
     # other owner is a dead predecessor; on PostgreSQL a replica's row is taken over once stale.

@@ -8,9 +8,11 @@ from bot.commands import (
     CancelCommand,
     CreateCommand,
     EventsCommand,
+    FilesCommand,
     GetCommand,
     HelpCommand,
     ListCommand,
+    OpenCreateFormCommand,
     ParseError,
     parse_command,
 )
@@ -39,6 +41,11 @@ def parse(text: str):
         ("events ftjob-abc limit=1", EventsCommand("ftjob-abc", 1)),
         ("cancel ftjob-abc", CancelCommand("ftjob-abc")),
         ("create file-abc123", CreateCommand(training_file="file-abc123", model=MODEL)),
+        # Nothing after `create` (issue 14): the create form opens instead of an error.
+        ("create", OpenCreateFormCommand()),
+        ("start  ", OpenCreateFormCommand()),
+        ("files", FilesCommand(limit=10)),
+        ("file limit=100", FilesCommand(limit=100)),
         (
             "create file-abc123 model=gpt-4.1-mini-2025-04-14 validation_file=file-val suffix=support.v2 "
             "epochs=3 batch_size=auto learning_rate_multiplier=0.5 seed=42",
@@ -98,7 +105,11 @@ def test_valid_commands(text: str, expected: object) -> None:
         ("list extra", "didn't expect"),
         ("list limit=3 limit=4", "given twice"),
         ("events ftjob-abc limit=-1", "from 1 to 100"),
-        ("create", "needs a training file id"),
+        # Bare `create` opens the form (below); options without a file still need one.
+        ("create model=gpt-4o-mini-2024-07-18", "needs a training file id"),
+        ("files limit=0", "from 1 to 100"),
+        ("files file-abc", "didn't expect"),
+        ("files status=running", "not an option of `files`"),
         ("create ftjob-abc", "is not a training file id"),
         ("create file-abc colour=blue", "`colour` is not an option of `create`"),
         ("create file-abc epochs=0", "from 1 to 50"),

@@ -30,9 +30,11 @@ from bot.commands import (
     CancelCommand,
     CreateCommand,
     EventsCommand,
+    FilesCommand,
     GetCommand,
     HelpCommand,
     ListCommand,
+    OpenCreateFormCommand,
     ParseError,
     UnwatchCommand,
     WatchCommand,
@@ -53,6 +55,8 @@ COMMAND_TYPES = (
     CancelCommand,
     WatchCommand,
     UnwatchCommand,
+    OpenCreateFormCommand,  # bare `create`: the form
+    FilesCommand,
 )
 # Mentions and links Slack would act on if they reached mrkdwn unescaped.
 LIVE_TOKENS = ("<!", "<@", "<#", "<http", "<mailto")
@@ -84,6 +88,8 @@ WORDS = [
     "follow",
     "unwatch",
     "unfollow",
+    "files",
+    "file",
     "CREATE",
     "Get",
     "deploy",
@@ -280,7 +286,7 @@ def check_command(result: Any) -> None:
         value = getattr(result, attr, None)
         if value is not None:
             assert isinstance(value, str) and pattern.fullmatch(value), (attr, value)
-    if isinstance(result, ListCommand | EventsCommand):
+    if isinstance(result, ListCommand | EventsCommand | FilesCommand):
         assert 1 <= result.limit <= MAX_LIMIT
     if isinstance(result, CreateCommand):
         assert MODEL_NAME.fullmatch(result.model), result.model

@@ -9,6 +9,8 @@ from pathlib import Path
 import jsonschema
 import yaml
 
+from bot.listeners.shortcuts import SHORTCUT_CALLBACK
+
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = REPO / "tests" / "specs" / "slack-manifest" / "manifest.schema.1.0.0.json"
 
@@ -32,3 +34,14 @@ def test_manifest_declares_the_command_and_the_scopes_the_bot_uses() -> None:
     # files:write for the completion report's chart.
     needed = {"commands", "chat:write", "im:write", "channels:history", "groups:history", "files:write"}
     assert needed <= scopes
+
+
+def test_manifest_declares_the_create_forms_surfaces() -> None:
+    """Issue 14: the message shortcut, the file menus' options URL and reading uploaded files."""
+    manifest = load_manifest()
+    shortcuts = manifest["features"]["shortcuts"]
+    assert [(s["type"], s["callback_id"]) for s in shortcuts] == [("message", SHORTCUT_CALLBACK)]
+    interactivity = manifest["settings"]["interactivity"]
+    assert interactivity["message_menu_options_url"].endswith("/slack/events")
+    assert interactivity["message_menu_options_url"] == interactivity["request_url"]
+    assert "files:read" in manifest["oauth_config"]["scopes"]["bot"]

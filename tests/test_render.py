@@ -10,7 +10,7 @@ from slack_sdk.models.blocks import Block
 
 from bot import render
 from bot.commands import EXAMPLES, USAGE, ParseError
-from bot.models import FineTuningJob, JobEvent
+from bot.models import FineTuningJob, JobEvent, OpenAIFile
 from bot.openai_client import (
     AuthenticationError,
     BadRequestError,
@@ -254,6 +254,13 @@ HOSTILE_RENDERS: dict[str, Callable[[], Reply]] = {
         _hostile_job(), HOSTILE, HOSTILE, HOSTILE, NOW
     ),
     "cancel": lambda: render.render_cancel_requested(_hostile_job(), NOW),
+    "files": lambda: render.render_files(
+        [OpenAIFile(id=HOSTILE, filename=HOSTILE, purpose="fine-tune", bytes=5, created_at=NOW)] * 3,
+        True,
+        NOW,
+    ),
+    "create_form_not_opened": lambda: render.render_create_form_not_opened(HOSTILE, HOSTILE),
+    "shortcut_needs_one_jsonl": lambda: render.render_shortcut_needs_one_jsonl(0, [HOSTILE] * 7),
     **{
         f"openai_{cls.__name__}": (
             lambda cls=cls: render.render_openai_error(
@@ -287,7 +294,19 @@ def test_hostile_strings_are_inert_everywhere(name: str) -> None:
     assert "<!channel" not in reply.text
 
 
-@pytest.mark.parametrize("name", ["parse_error", "job", "job_list", "events", "announcement", "cancel"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "parse_error",
+        "job",
+        "job_list",
+        "events",
+        "announcement",
+        "cancel",
+        "files",
+        "shortcut_needs_one_jsonl",
+    ],
+)
 def test_hostile_strings_are_still_shown(name: str) -> None:
     # Escaped, not dropped: the reader still sees what OpenAI or the user sent.
     assert "&lt;!channel&gt;" in everything(HOSTILE_RENDERS[name]())
@@ -481,6 +500,10 @@ def test_help_lists_every_subcommand_with_an_example() -> None:
         assert f"`/finetune {render.escape(usage)}`" in text
         assert f"`/finetune {render.escape(EXAMPLES[name])}`" in text
     assert "`/finetune help`" in text
+    # The form: `create` alone, or the button (which opens it with the click's trigger_id).
+    assert "`/finetune create` with nothing after it" in text
+    assert reply.blocks[-1]["elements"][0]["action_id"] == "open_create_form"
+    assert reply.blocks[-1]["elements"][0]["text"]["text"] == "New fine-tuning job"
 
 
 @pytest.mark.parametrize(
@@ -639,3 +662,89 @@ def test_internal_error_has_no_details() -> None:
     reply = render.render_internal_error()
     assert_fits_slack(reply)
     assert "Something went wrong on my side; the team has been told (see the bot's logs)." in reply.text
+
+
+# ---------------------------------------------------------------------------------- files and the form
+
+
+@pytest.mark.parametrize(
+    ("size", "words"),
+    [
+        (0, "0 bytes"),
+        (1, "1 byte"),
+        (999, "999 bytes"),
+        (1000, "1.0 kB"),
+        (2_400_000, "2.4 MB"),
+        (512_000_000, "512 MB"),
+        (999_999_999, "1.0 GB"),
+        (10**16, "10000 TB"),
+    ],
+)
+def test_size_words(size: int, words: str) -> None:
+    assert render.size_words(size) == words
+
+
+def test_files_list_the_id_create_takes_name_size_and_age() -> None:
+    files = [
+        OpenAIFile(
+            id="file-new",
+            filename="support.jsonl",
+            purpose="fine-tune",
+            bytes=2_400_000,
+            created_at=NOW - 7200,
+        ),
+        OpenAIFile(id="file-old", filename="", purpose="fine-tune", bytes=None, created_at=None),
+    ]
+    reply = render.render_files(files, False, NOW)
+    assert_fits_slack(reply)
+    text = everything(reply)
+    assert "2 fine-tune files in OpenAI" in text
+    assert "`file-new` · support.jsonl · 2.4 MB · uploaded " + render.date_token(NOW - 7200) in text
+    assert "(2 hours ago)" in text
+    assert "`file-old` · (no name)" in text
+    assert "/finetune create file-" in text
+    more = everything(render.render_files(files, True, NOW))
+    assert "The 2 most recent fine-tune files" in more
+
+
+def test_no_files_says_how_to_upload_one() -> None:
+    text = everything(render.render_files([], False, NOW))
+    assert "No fine-tune files" in text and "/finetune create" in text
+
+
+def test_many_files_fit_slack() -> None:
+    files = [
+        OpenAIFile(id=f"file-{n}", filename="x" * 300, purpose="fine-tune", bytes=n, created_at=NOW)
+        for n in range(100)
+    ]
+    assert_fits_slack(render.render_files(files, True, NOW))
+
+
+@pytest.mark.parametrize(
+    ("reason", "fragment"),
+    [
+        ("expired_trigger_id", "only 3 seconds"),
+        ("exchanged_trigger_id", "only 3 seconds"),
+        ("view_too_large", "`view_too_large`"),
+    ],
+)
+def test_form_not_opened_says_what_to_do_instead(reason: str, fragment: str) -> None:
+    reply = render.render_create_form_not_opened(reason)
+    assert_fits_slack(reply)
+    text = everything(reply)
+    assert fragment in text and "Try again" in text
+    assert f"`/finetune {EXAMPLES['create']}`" in text
+
+
+@pytest.mark.parametrize(
+    ("found", "others", "fragment"),
+    [
+        (2, [], "has 2 `.jsonl` files"),
+        (0, ["loss.png"], "no `.jsonl` file (only `loss.png`)"),
+        (0, [], "has no file"),
+    ],
+)
+def test_shortcut_explains_what_it_needs(found: int, others: list[str], fragment: str) -> None:
+    reply = render.render_shortcut_needs_one_jsonl(found, others)
+    assert_fits_slack(reply)
+    assert fragment in everything(reply) and "/finetune create" in everything(reply)

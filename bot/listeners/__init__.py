@@ -3,7 +3,7 @@
 from slack_bolt.async_app import AsyncApp
 
 from bot.inflight import InFlight
-from bot.listeners import actions, commands
+from bot.listeners import actions, commands, shortcuts, views
 from bot.listeners.actions import RefreshCard
 from bot.runner import CommandRunner
 
@@ -24,3 +24,8 @@ def register_listeners(
     actions.register(
         app, runner, inflight=inflight, allowed_channels=allowed_channels, refresh_card=refresh_card
     )
+    # The create form: its submission and its file menus; the message shortcut that opens it.
+    views.register(
+        app, runner, default_model=default_model, inflight=inflight, allowed_channels=allowed_channels
+    )
+    shortcuts.register(app, runner, inflight=inflight, allowed_channels=allowed_channels)

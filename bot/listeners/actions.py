@@ -16,7 +16,14 @@ from typing import Any
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
 
 from bot import buttons, ids, render
-from bot.commands import CheckpointsCommand, EventsCommand, GetCommand, ListCommand, parse_command
+from bot.commands import (
+    CheckpointsCommand,
+    EventsCommand,
+    GetCommand,
+    ListCommand,
+    OpenCreateFormCommand,
+    parse_command,
+)
 from bot.inflight import InFlight
 from bot.listeners.commands import send_reply
 from bot.runner import CommandRunner, Invocation
@@ -41,6 +48,7 @@ class Click:
     user_id: str
     message_ts: str | None
     is_ephemeral: bool
+    trigger_id: str = ""  # what views.open needs (the help's New fine-tuning job button)
 
 
 def click_of(body: dict[str, Any]) -> Click:
@@ -55,6 +63,7 @@ def click_of(body: dict[str, Any]) -> Click:
         user_id=str((body.get("user") or {}).get("id") or ""),
         message_ts=str(container.get("message_ts") or "") or None,
         is_ephemeral=bool(container.get("is_ephemeral")),
+        trigger_id=str(body.get("trigger_id") or ""),
     )
 
 
@@ -106,6 +115,10 @@ def register(
 
     async def handle(click: Click, respond: AsyncRespond, logger: logging.Logger) -> render.Reply | None:
         invocation = Invocation(team_id=click.team_id, channel_id=click.channel_id, user_id=click.user_id)
+        if click.action_id == buttons.OPEN_CREATE_FORM:
+            # The form opens within the click's 3-second trigger: nothing is asked of OpenAI first.
+            opening = Invocation(click.team_id, click.channel_id, click.user_id, trigger_id=click.trigger_id)
+            return await runner.run(OpenCreateFormCommand(), opening)
         if click.action_id == buttons.LIST_NEXT_PAGE:
             command = parse_command(click.value, default_model="")
             if not isinstance(command, ListCommand):
@@ -143,7 +156,7 @@ def register(
             return
         await refresh(job_id, click.channel_id, click.message_ts, click.user_id)
 
-    for action_id in (*buttons.JOB_ACTION_IDS, buttons.LIST_NEXT_PAGE):
+    for action_id in (*buttons.JOB_ACTION_IDS, buttons.LIST_NEXT_PAGE, buttons.OPEN_CREATE_FORM):
         app.action(action_id)(ack=acknowledge, lazy=[carry_out])
 
 

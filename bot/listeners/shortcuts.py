@@ -1,0 +1,81 @@
+"""The message shortcut "Fine-tune on this file": the create form, with the message's `.jsonl` chosen.
+
+Acknowledged empty at once; the form is opened in a lazy listener, still inside the shortcut's
+3-second trigger since nothing (no OpenAI, no download) comes before views.open. A message
+without exactly one `.jsonl` gets a private explanation through the payload's response_url.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
+
+from bot import modal, render
+from bot.inflight import InFlight
+from bot.listeners.commands import send_reply
+from bot.runner import CommandRunner, Invocation
+
+SHORTCUT_CALLBACK = "finetune_on_file"
+# Where the acknowledgement leaves its verdict for the lazy listener (see listeners/actions.py).
+VERDICT = "finetune_shortcut_verdict"
+REFUSED_CHANNEL = "channel"
+RESTARTING = "restarting"
+
+
+def _channel_id(body: dict[str, Any]) -> str:
+    return str((body.get("channel") or {}).get("id") or "")
+
+
+def register(
+    app: AsyncApp,
+    runner: CommandRunner,
+    *,
+    inflight: InFlight,
+    allowed_channels: frozenset[str] = frozenset(),
+) -> None:
+    async def acknowledge(ack: AsyncAck, body: dict[str, Any], context: dict[str, Any]) -> None:
+        if allowed_channels and _channel_id(body) not in allowed_channels:
+            context[VERDICT] = REFUSED_CHANNEL
+        elif inflight.closing:
+            context[VERDICT] = RESTARTING
+        else:
+            context[VERDICT] = inflight.reserve()
+        await ack()
+
+    async def carry_out(
+        body: dict[str, Any], respond: AsyncRespond, logger: logging.Logger, context: dict[str, Any]
+    ) -> None:
+        verdict = context.get(VERDICT)
+        what = "the Fine-tune on this file shortcut"
+        if verdict == REFUSED_CHANNEL:
+            await send_reply(respond, render.render_channel_not_allowed(allowed_channels), logger, what=what)
+            return
+        if not isinstance(verdict, int):
+            await send_reply(respond, render.render_restarting(), logger, what=what)
+            return
+        user = body.get("user") or {}
+        invocation = Invocation(
+            team_id=str((body.get("team") or {}).get("id") or user.get("team_id") or ""),
+            channel_id=_channel_id(body),
+            user_id=str(user.get("id") or ""),
+            trigger_id=str(body.get("trigger_id") or ""),
+            response_url=str(body.get("response_url") or "") or None,
+        )
+        async with inflight.track(verdict):
+            found, others = modal.jsonl_files(body.get("message") or {})
+            if len(found) != 1:
+                reply: render.Reply | None = render.render_shortcut_needs_one_jsonl(len(found), others)
+            else:
+                try:
+                    reply = await runner.open_create_form(invocation, preselected_upload=found[0])
+                except Exception:
+                    logger.exception("%s failed", what)
+                    reply = render.render_internal_error()
+            if reply is not None:
+                await send_reply(respond, reply, logger, what=what)
+
+    app.shortcut({"callback_id": SHORTCUT_CALLBACK, "type": "message_action"})(
+        ack=acknowledge, lazy=[carry_out]
+    )
