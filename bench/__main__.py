@@ -23,7 +23,7 @@ _REPO = str(Path(__file__).resolve().parents[1])
 if _REPO not in sys.path:
     sys.path.insert(0, _REPO)
 
-from bench import ack, burst, chart, latency, memory, poll, reports  # noqa: E402 - needs the sys.path entry above
+from bench import ack, burst, chart, latency, memory, poll, reports, validate  # noqa: E402 - needs the sys.path entry above
 from bench.common import (  # noqa: E402
     STORES,
     FunctionalError,
@@ -42,6 +42,7 @@ BENCHMARKS: dict[str, Callable[[argparse.Namespace], Result]] = {
     "memory": lambda args: memory.run(args.quick),
     "chart": lambda args: chart.run(args.quick),
     "reports": lambda args: reports.run(args.quick),
+    "validate": lambda args: validate.run(args.quick),
 }
 
 
