@@ -63,6 +63,15 @@ class OpenCreateFormCommand:
 
 
 @dataclass(frozen=True)
+class ValidateCommand:
+    """Check a training file already in OpenAI, as the create form checks an upload."""
+
+    file_id: str
+    model: str
+    method: str = "supervised"
+
+
+@dataclass(frozen=True)
 class FilesCommand:
     """The fine-tune files already uploaded to OpenAI, newest first."""
 
@@ -146,6 +155,7 @@ Command = (
     | CreateCommand
     | OpenCreateFormCommand
     | FilesCommand
+    | ValidateCommand
     | ListCommand
     | GetCommand
     | EventsCommand
@@ -175,6 +185,7 @@ USAGE = {
     "[limit=N]",
     "get": "get <job-id>",
     "files": "files [limit=N]",
+    "validate": "validate <file-id> [model=…] [method=supervised|dpo]",
     "events": "events <job-id> [limit=N]",
     "cancel": "cancel <job-id>",
     "pause": "pause <job-id>",
@@ -190,6 +201,7 @@ EXAMPLES = {
     "list": "list mine status=running limit=20",
     "get": "get ftjob-abc123",
     "files": "files limit=20",
+    "validate": "validate file-abc123 model=gpt-4o-mini-2024-07-18",
     "events": "events ftjob-abc123 limit=50",
     "cancel": "cancel ftjob-abc123",
     "pause": "pause ftjob-abc123",
@@ -212,6 +224,8 @@ _ALIASES = {
     "show": "get",
     "files": "files",
     "file": "files",
+    "validate": "validate",
+    "check": "validate",
     "events": "events",
     "logs": "events",
     "cancel": "cancel",
@@ -265,6 +279,8 @@ def parse_command(text: str, *, default_model: str) -> Command | ParseError:
             return _unexpected(positional, "files")
         limit = _parse_limit(options, FILES_DEFAULT_LIMIT, "files")
         return limit if isinstance(limit, ParseError) else FilesCommand(limit)
+    if name == "validate":
+        return _parse_validate(args, default_model)
     if name == "watch" and not args:
         return WatchCommand()
     # get / events / cancel / pause / resume / checkpoints / report / watch / unwatch: one job id.
@@ -360,6 +376,22 @@ def _split(
             return positional, ParseError(f"`{key}=` needs a value.", usage=USAGE[command])
         options[key] = value
     return positional, options
+
+
+def _parse_validate(args: list[str], default_model: str) -> ValidateCommand | ParseError:
+    positional, options = _split(args, "validate", ("model", "method"))
+    if isinstance(options, ParseError):
+        return options
+    file_id = _one_id(positional, "validate", "file id", ids.FILE_ID, "file-")
+    if isinstance(file_id, ParseError):
+        return file_id
+    model = check_model(options.get("model", default_model), default_model)
+    if isinstance(model, ParseError):
+        return model
+    method = check_method(options.get("method", "supervised"))
+    if isinstance(method, ParseError):
+        return method
+    return ValidateCommand(file_id, model, method)
 
 
 def _unexpected(positional: list[str], command: str) -> ParseError:

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from bot.access import DEFAULT_READ_ACCESS, ReadAccess
 from bot.commands import MODEL_NAME
+from bot.pricing import PRICES, Price, load_prices
 
 DEFAULT_SLACK_API_URL = "https://slack.com/api/"
 DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1"
@@ -55,6 +56,10 @@ class Settings:
     # together at most CARD_EDITS_PER_MINUTE times a minute (chat.update is Tier 3: ~50/minute).
     card_update_seconds: float = 30.0
     card_edits_per_minute: int = 40
+    # Training files sent through the create form: refused before download above this size (the
+    # Files API's own limit is 512 MB), and priced with this table for the cost estimate.
+    max_upload_mb: int = 512
+    training_prices: dict[str, Price] = field(default_factory=lambda: dict(PRICES))
 
     @property
     def socket_mode(self) -> bool:
@@ -216,6 +221,11 @@ def load_settings(env: Mapping[str, str]) -> Settings | list[str]:
         # Echo what the operator typed, not our upper-cased copy of it.
         problems.append(f"LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, got {typed_level!r}")
 
+    prices = load_prices(env)
+    if isinstance(prices, str):
+        problems.append(prices)
+        prices = dict(PRICES)
+
     settings = Settings(
         slack_bot_token=bot_token,
         openai_api_key=openai_key,
@@ -243,5 +253,7 @@ def load_settings(env: Mapping[str, str]) -> Settings | list[str]:
         shutdown_grace_seconds=number("SHUTDOWN_GRACE_SECONDS", 25.0, 0, 3600),
         card_update_seconds=number("CARD_UPDATE_SECONDS", 30.0, 1, 86_400),
         card_edits_per_minute=int(number("CARD_EDITS_PER_MINUTE", 40, 1, 50, integer=True)),
+        max_upload_mb=int(number("FINETUNE_MAX_UPLOAD_MB", 512, 1, 512, integer=True)),
+        training_prices=prices,
     )
     return problems or settings

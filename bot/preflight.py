@@ -65,6 +65,7 @@ async def verify_bot_token(settings: Settings) -> BotIdentity:
 # Scopes whose absence does not stop the bot but loses a feature: said once, at start and in --check.
 OPTIONAL_SCOPES = {
     "files:write": "completion reports are posted without their chart",
+    "files:read": "training files uploaded to the create form cannot be checked",
 }
 
 

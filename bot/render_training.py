@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from bot.models import OpenAIFile
 from bot.pricing import PRICES_VARIABLE, CostEstimate
 from bot.render import (
     ID_CHARS,
@@ -19,13 +18,11 @@ from bot.render import (
     _clip,
     _code,
     _context,
-    _header,
     _mention,
     _plural,
     _reply,
     _section,
-    age_words,
-    date_token,
+    size_words,
 )
 from bot.training_data import MIN_EXAMPLES, ProblemSummary, ValidationReport
 
@@ -104,7 +101,7 @@ def _summary(report: ValidationReport) -> str:
     method = "DPO" if report.method == "dpo" else "supervised"
     return (
         f"{_plural(report.examples, 'example')} · {method} · {_code(report.model, NAME_CHARS)} "
-        f"· {_size_words(report.bytes_read)}"
+        f"· {size_words(report.bytes_read)}"
     )
 
 
@@ -216,40 +213,46 @@ def render_training_started(filename: str, job_id: str) -> Reply:
     return _reply(text, [_section(text)])
 
 
-def _size_words(size: int | None) -> str:
-    if size is None:
-        return "size unknown"
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if size >= scale:
-            return f"{size / scale:,.1f} {unit}"
-    return _plural(size, "byte")
+def with_note(reply: Reply, note: str) -> Reply:
+    """The same message with one more line of context (plain text from us, escaped anyway)."""
+    blocks = [*reply.blocks[: MAX_BLOCKS - 1], _context(_clip(note, REASON_CHARS))]
+    # The Start button, if any, stays last.
+    starts = [b for b in blocks if b.get("block_id") == TRAINING_BLOCK_ID]
+    rest = [b for b in blocks if b.get("block_id") != TRAINING_BLOCK_ID]
+    return _reply(reply.text, [*rest, *starts])
 
 
-def _file_line(file: OpenAIFile, now: int) -> str:
-    parts = [
-        _code(file.id, ID_CHARS),
-        _clip(file.filename or "(no name)", NAME_CHARS),
-        _size_words(file.bytes),
-    ]
-    if file.created_at is not None:
-        parts.append(f"created {date_token(file.created_at)} ({age_words(file.created_at, now)})")
-    return " · ".join(parts)
+def render_start_refused(reason: str) -> Reply:
+    """Why a Start click did nothing (for the clicker alone). `reason` is ours: mentions stay."""
+    text = f":information_source: {reason}"
+    return _reply(text, [_section(text)])
 
 
-def render_files(files: list[OpenAIFile], has_more: bool, now: int) -> Reply:
-    """`/finetune files`: fine-tune files in OpenAI, newest first."""
-    if not files:
-        text = "No fine-tuning files in OpenAI yet. Upload a `.jsonl` with `/finetune create` (no arguments)."
-        return _reply(text, [_section(text)])
-    chunks = _chunk(_file_line(f, now) for f in files)
-    shown = chunks[: MAX_BLOCKS - 2]
-    blocks = [_header("Fine-tuning files"), *(_section(chunk) for chunk in shown)]
-    if has_more or len(shown) < len(chunks):
-        blocks.append(
-            _context(
-                f"Showing the most recent of {_plural(len(files), 'file')}; "
-                "`/finetune files limit=100` shows more."
-            )
-        )
-    blocks.append(_context("Use a file's id with `/finetune create file-…` or `/finetune validate file-…`."))
-    return _reply(_plural(len(files), "fine-tuning file"), blocks)
+def render_uploading(filename: str) -> Reply:
+    text = f":arrow_up: Uploading {_filename(filename)} to OpenAI, then starting the job…"
+    return _reply(text, [_section(text)])
+
+
+def render_ready_again(filename: str, start_value: str, summary: dict[str, Any]) -> Reply:
+    """After an upload that failed: the file is still good; Start may be clicked again."""
+    examples = summary.get("examples")
+    cost = summary.get("usd")
+    parts = [f":white_check_mark: {_filename(filename)} is ready to fine-tune"]
+    if isinstance(examples, int):
+        parts.append(f"({_plural(examples, 'example')})")
+    text = " ".join(parts) + ". The last upload to OpenAI failed; nothing was started."
+    label = "Start fine-tuning" + (f" ({approx_usd(cost)})" if isinstance(cost, int | float) else "")
+    button = {
+        "type": "actions",
+        "block_id": TRAINING_BLOCK_ID,
+        "elements": [
+            {
+                "type": "button",
+                "action_id": TRAINING_START,
+                "text": {"type": "plain_text", "text": label[:BUTTON_TEXT_CHARS]},
+                "value": start_value[:VALUE_CHARS],
+                "style": "primary",
+            }
+        ],
+    }
+    return _reply(text, [_section(text), button])

@@ -47,6 +47,7 @@ from bot.commands import (
     ReportCommand,
     ResumeCommand,
     UnwatchCommand,
+    ValidateCommand,
     WatchCommand,
 )
 from bot.config import DEFAULT_MODEL
@@ -64,6 +65,7 @@ from bot.store import PendingCreate, Store, Watch
 
 if TYPE_CHECKING:
     from bot.reporter import Reporter
+    from bot.training_flow import TrainingFlow
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +207,7 @@ class CommandRunner:
         self._openai = openai
         self._default_model = default_model  # preselected in the create form
         self._reporter = reporter
+        self._training: TrainingFlow | None = None
         # How a Refresh click redraws a card: the live card's editor (progress read fresh) when
         # there is one; otherwise the announcement is re-rendered as it is.
         self._show_card = show_card or self._redraw_announcement
@@ -268,6 +271,10 @@ class CommandRunner:
                 return await self._create(command, invocation)
             case OpenCreateFormCommand():
                 return await self.open_create_form(invocation)
+            case ValidateCommand(file_id=file_id, model=model, method=method):
+                if self._training is None:  # pragma: no cover - every server attaches one
+                    return None
+                return await self._training.validate_openai_file(file_id, model=model, method=method)
             case FilesCommand(limit=limit):
                 page = await self.fine_tune_files(limit=limit)
                 return render.render_files(page.data, page.has_more, self._now())
@@ -315,11 +322,16 @@ class CommandRunner:
         if reply is not None:
             await self.tell(invocation, reply)
 
+    def attach_training(self, flow: TrainingFlow) -> None:
+        """The training-data flow is built after the runner (it creates jobs through `run`)."""
+        self._training = flow
+
     async def check_training_upload(self, form: modal.CreateForm, invocation: Invocation) -> None:
-        """A submitted form with a file uploaded in Slack: download, check and report it."""
-        # TODO(lead): bot/training_flow.py replaces this stub (issue 14: "Checking…", the report,
-        # Start → upload once → create_from_form).
-        raise NotImplementedError("checking a training file uploaded in Slack")
+        """A submitted form with a file uploaded in Slack: download, check and report it in the
+        channel (bot/training_flow.py); Start on the report uploads it and creates the job."""
+        if self._training is None:  # pragma: no cover - every server attaches one
+            raise RuntimeError("no training flow attached")
+        await self._training.check_upload(form, invocation)
 
     async def tell(self, invocation: Invocation, reply: render.Reply) -> None:
         """Say something privately to the invoker where there is no response_url (a form): an

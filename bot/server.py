@@ -41,6 +41,8 @@ from bot.runner import CommandRunner
 from bot.slack_app import BotIdentity, build_app, build_slack_client
 from bot.socket_mode import SocketModeConnection
 from bot.store import Store
+from bot.training_flow import TrainingFlow
+from bot.training_store import TrainingUploads
 from bot.webhooks import WebhookReceiver
 
 log = logging.getLogger(__name__)
@@ -116,6 +118,19 @@ def build_asgi(settings: Settings, store: Store, identity: BotIdentity | None = 
         reporter=reporter,
         default_model=settings.default_model,
     )
+    # Training files from the create form: checked, then uploaded and started from the report.
+    training = TrainingFlow(
+        TrainingUploads(store),
+        openai,
+        posting_client,
+        bot_token=settings.slack_bot_token,
+        run_create=runner.run,
+        prices=settings.training_prices,
+        max_upload_bytes=settings.max_upload_mb * 1_000_000,
+        admins=settings.admins,
+        owner=owner,
+    )
+    runner.attach_training(training)
     # Creates left half-done (a crash, a database failure) are finished each cycle: on SQLite every
     # other owner is a dead predecessor; on PostgreSQL a replica's row is taken over once stale.
     reconciler = CreateReconciler(
@@ -146,6 +161,7 @@ def build_asgi(settings: Settings, store: Store, identity: BotIdentity | None = 
         default_model=settings.default_model,
         inflight=inflight,
         allowed_channels=settings.allowed_channels,
+        training_flow=training,
     )
     # APScheduler's own job stores are not shared between processes (its FAQ); the schedule is
     # in memory and all coordination between replicas lives in our tables.
@@ -226,6 +242,7 @@ def build_asgi(settings: Settings, store: Store, identity: BotIdentity | None = 
             scheduler.shutdown(wait=False)
             await http.aclose()
             await reporter.close()
+            await training.close()
             await asyncio.to_thread(store.close)
             log.info("finetune-bot stopped")
 

@@ -24,8 +24,6 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any, Literal
 
-import numpy
-
 from bot import tokens
 
 Severity = Literal["error", "warning"]
@@ -334,6 +332,8 @@ class _Counter:
         inner = [max(len(strings) - 1, 0) for _, _, strings, _ in batch]
         if text.count(string_sep) != sum(inner) or text.count(example_sep) != len(batch) - 1:
             return self._run_one_by_one(batch)
+        import numpy  # here, not at the top: the bot's idle process never loads it (~15 MB)
+
         ids = self.encoding.encode_to_numpy(text, allowed_special=self._separators, disallowed_special=())
         ends = numpy.flatnonzero(ids == self._example_sep)
         lengths = numpy.diff(ends, prepend=-1, append=len(ids)) - 1  # tokens between the markers

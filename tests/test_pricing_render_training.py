@@ -5,15 +5,17 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from bot.models import OpenAIFile
 from bot.pricing import PRICES, Price, default_epochs, estimate_cost, load_prices, price_for
 from bot.render_training import (
     TRAINING_START,
     render_checking,
-    render_files,
+    render_ready_again,
+    render_start_refused,
     render_training_started,
+    render_uploading,
     render_validation,
     render_validation_failed,
+    with_note,
 )
 from bot.training_data import validate_bytes
 from tests.fakes.slack import _block_errors
@@ -115,14 +117,17 @@ def test_hostile_content_is_escaped_and_limits_hold() -> None:
         assert "&lt;!channel&gt;" in text
 
 
-def test_files_list() -> None:
-    files = [
-        OpenAIFile(f"file-{i}", f"<!here> set {i}.jsonl", "fine-tune", 1_234_567, 1_700_000_000)
-        for i in range(120)
-    ]
-    reply = render_files(files, True, now=1_700_086_400)
-    assert _block_errors(reply.blocks) == []
-    text = _all_text(reply.blocks)
-    assert "`file-0`" in text and "1.2 MB" in text and "<!here>" not in text and "1 day ago" in text
-    empty = render_files([], False, now=0)
-    assert "No fine-tuning files" in empty.text
+def test_start_refusals_uploading_and_ready_again() -> None:
+    assert "<@U1>" in str(render_start_refused("Only <@U1> can start this job.").as_kwargs())
+    assert "Uploading" in str(render_uploading("t<!channel>.jsonl").as_kwargs())
+    assert "<!channel>" not in str(render_uploading("t<!channel>.jsonl").as_kwargs())
+    again = render_ready_again("train.jsonl", "a" * 32, {"examples": 12, "usd": 1.5})
+    assert _block_errors(again.blocks) == []
+    [button] = again.blocks[-1]["elements"]
+    assert (
+        button["action_id"] == TRAINING_START
+        and button["value"] == "a" * 32
+        and "$1.50" in button["text"]["text"]
+    )
+    noted = with_note(again, "also this")
+    assert noted.blocks[-1]["block_id"] == again.blocks[-1]["block_id"] and "also this" in str(noted.blocks)

@@ -3,9 +3,10 @@
 from slack_bolt.async_app import AsyncApp
 
 from bot.inflight import InFlight
-from bot.listeners import actions, commands, shortcuts, views
+from bot.listeners import actions, commands, shortcuts, training, views
 from bot.listeners.actions import RefreshCard
 from bot.runner import CommandRunner
+from bot.training_flow import TrainingFlow
 
 
 def register_listeners(
@@ -16,6 +17,7 @@ def register_listeners(
     inflight: InFlight,
     allowed_channels: frozenset[str] = frozenset(),
     refresh_card: RefreshCard | None = None,
+    training_flow: TrainingFlow | None = None,
 ) -> None:
     commands.register(
         app, runner, default_model=default_model, inflight=inflight, allowed_channels=allowed_channels
@@ -29,3 +31,6 @@ def register_listeners(
         app, runner, default_model=default_model, inflight=inflight, allowed_channels=allowed_channels
     )
     shortcuts.register(app, runner, inflight=inflight, allowed_channels=allowed_channels)
+    # The training report's Start fine-tuning button.
+    if training_flow is not None:
+        training.register(app, training_flow, inflight=inflight, allowed_channels=allowed_channels)
