@@ -48,8 +48,9 @@ UPLOAD_ATTEMPTS = 3
 
 # What a Slack error means for the person who asked (plain text; rendered escaped).
 _SLACK_READ_PROBLEMS = {
-    "file_not_found": "the file is gone from Slack (deleted meanwhile?)",
-    "file_deleted": "the file was deleted from Slack",
+    "file_not_found": "Slack has no such file for the bot: it was deleted, or it is not shared where "
+    "the bot can see it (share it in this channel and try again)",
+    "file_deleted": "the file is gone: it was deleted from Slack",
     "missing_scope": "the app lacks the `files:read` scope (reinstall it from manifest.yml)",
     "not_visible": "the bot cannot see this file: share it in the channel first",
     "access_denied": "the bot may not read this file: share it in the channel first",
