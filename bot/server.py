@@ -19,6 +19,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import uvicorn
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from starlette.applications import Starlette
@@ -129,6 +130,7 @@ def build_asgi(settings: Settings, store: Store, identity: BotIdentity | None = 
         max_upload_bytes=settings.max_upload_mb * 1_000_000,
         admins=settings.admins,
         owner=owner,
+        download_hosts=frozenset({"files.slack.com", httpx.URL(settings.slack_api_url).host}),
     )
     runner.attach_training(training)
     # Creates left half-done (a crash, a database failure) are finished each cycle: on SQLite every

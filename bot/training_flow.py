@@ -84,7 +84,11 @@ class TrainingFlow:
         admins: frozenset[str] = frozenset(),
         owner: str = "bot",
         http: httpx.AsyncClient | None = None,
+        download_hosts: frozenset[str] = frozenset({"files.slack.com"}),
     ) -> None:
+        # The bot token goes only to Slack's file host (and, for a test or proxy setup, the host of
+        # SLACK_API_URL): a link to anywhere else is refused, never followed with the token.
+        self._download_hosts = download_hosts
         self._uploads = uploads
         self._openai = openai
         self._slack = slack
@@ -200,6 +204,9 @@ class TrainingFlow:
         url = file.get("url_private_download") or file.get("url_private")
         if not isinstance(url, str) or not url.startswith(("https://", "http://")):
             raise FileProblem("Slack gave no download link for it")
+        if httpx.URL(url).host not in self._download_hosts:
+            log.warning("refusing to send the bot token to %s for a file download", httpx.URL(url).host)
+            raise FileProblem("Slack's download link points somewhere unexpected; nothing was read")
         try:
             async with self._http.stream(
                 "GET", url, headers={"Authorization": f"Bearer {self._token}"}
