@@ -233,3 +233,54 @@ def test_validate_and_files_answer_for_files_already_in_openai(h: Harness) -> No
     # Bad input is answered in the acknowledgement itself; nothing reaches OpenAI.
     response, _ = h.command("validate file-../../etc")
     assert "not a file id" in response.text
+
+
+@pytest.mark.parametrize("case", ["download 503", "no files:read"])
+def test_slack_refusing_the_file_gets_a_clear_answer(h: Harness, case: str) -> None:
+    view = open_form(h)
+    file = h.slack.add_file("train.jsonl", GOOD, channel="C123")
+    if case == "download 503":
+        h.slack.fail_next("download", status=503, times=1)
+        wanted = "try again"
+    else:
+        h.slack.revoke_scope("files:read")
+        wanted = "files:read"
+    submit(h, view, {modal.TRAINING_UPLOAD: file})
+    message = h.slack.wait_for(
+        lambda s: next((m for m in s.messages_in("C123") if wanted in all_text({"b": m.blocks})), None),
+        timeout=30,
+        message=f"an answer mentioning {wanted!r}",
+    )
+    assert "Could not check" in all_text({"b": message.blocks}) and h.openai.uploads == []
+
+
+def test_an_upload_openai_keeps_refusing_starts_nothing_and_start_works_later(h: Harness) -> None:
+    view = open_form(h)
+    file = h.slack.add_file("train.jsonl", GOOD, channel="C123")
+    submit(h, view, {modal.TRAINING_UPLOAD: file})
+    report = report_message(h, "Ready")
+    value = str(start_value(report))
+    h.openai.fail_next(path="/files", method="POST", status=500, times=3)
+    key = click_start(h, value, report.ts)
+    text = all_text(h.reply(key, timeout=60))
+    assert "upload to OpenAI failed" in text and "Nothing was started" in text
+    assert h.openai.jobs == {}
+    # The report offers Start again; this time OpenAI takes it.
+    again = report_message(h, "last upload to OpenAI failed")
+    assert start_value(again) == value
+    click_start(h, value, report.ts)
+    h.openai.wait_for(lambda o: o.jobs, timeout=30)
+    assert len(h.openai.jobs) == 1 and len(h.openai.uploads) == 1
+
+
+def test_the_openai_file_menu_lists_and_filters_fine_tune_files(h: Harness) -> None:
+    h.openai.add_file("support-v1.jsonl", GOOD)
+    h.openai.add_file("sales.jsonl", GOOD)
+    view = open_form(h)
+    payload = h.slack.block_suggestion_payload(
+        modal.OPENAI_FILE_ACTION, "SUPPORT", block_id=modal.TRAINING_OPENAI, view=view
+    )
+    response = h.interact(payload)
+    assert response.status_code == 200
+    options = response.json()["options"]
+    assert [o["text"]["text"].split(" · ")[0] for o in options] == ["support-v1.jsonl"]
