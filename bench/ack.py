@@ -45,11 +45,19 @@ GOAL_P99 = 0.100
 def fire(url: str, requests: list[tuple[str, str]], concurrency: int) -> list[tuple[str, float, float, int]]:
     """In a child process: send every (key, body) signed, `concurrency` at a time.
     Returns (key, wall-clock send time, seconds to the HTTP response, status)."""
+    answered = fire_read(url, requests, concurrency)
+    return [(key, sent_at, seconds, status) for key, sent_at, seconds, status, _ in answered]
+
+
+def fire_read(
+    url: str, requests: list[tuple[str, str]], concurrency: int
+) -> list[tuple[str, float, float, int, bytes]]:
+    """`fire`, keeping each response's body too (an options request's answer is in it)."""
     return asyncio.run(_fire(url, requests, concurrency))
 
 
-async def _read_response(reader: asyncio.StreamReader) -> int:
-    """Read one HTTP/1.1 response off a keep-alive connection; returns its status."""
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """Read one HTTP/1.1 response off a keep-alive connection; returns its status and body."""
     status = int((await reader.readline()).split()[1])
     length, chunked = 0, False
     while (line := await reader.readline()) not in (b"\r\n", b""):
@@ -59,22 +67,22 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
         elif name.strip().lower() == "transfer-encoding" and "chunked" in value.lower():
             chunked = True
     if not chunked:
-        await reader.readexactly(length)
-        return status
+        return status, await reader.readexactly(length)
+    body = b""
     while (size := int((await reader.readline()).split(b";")[0], 16)) > 0:
-        await reader.readexactly(size + 2)
+        body += (await reader.readexactly(size + 2))[:-2]
     await reader.readline()
-    return status
+    return status, body
 
 
 async def _fire(
     url: str, requests: list[tuple[str, str]], concurrency: int
-) -> list[tuple[str, float, float, int]]:
+) -> list[tuple[str, float, float, int, bytes]]:
     # A bare HTTP/1.1 client on asyncio streams: httpx's own per-request CPU cost (several ms)
     # made the load generator, not the bot, the bottleneck at this concurrency.
     parts = urllib.parse.urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    results: list[tuple[str, float, float, int]] = []
+    results: list[tuple[str, float, float, int, bytes]] = []
     queue = list(reversed(requests))
 
     async def worker() -> None:
@@ -95,10 +103,10 @@ async def _fire(
                 try:
                     writer.write(message)
                     await writer.drain()
-                    status = await _read_response(reader)
+                    status, body = await _read_response(reader)
                 except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):
-                    status = 0
-                results.append((key, sent_at, time.perf_counter() - started, status))
+                    status, body = 0, b""
+                results.append((key, sent_at, time.perf_counter() - started, status, body))
                 if status == 0:  # the connection is in an unknown state: start a new one
                     writer.close()
                     reader, writer = await asyncio.open_connection(host, port)
