@@ -167,11 +167,13 @@ class SqliteOnTmpfs:
 
     def break_(self, how: str) -> None:
         assert how == "full"
-        with self.filler.open("wb") as out:
+        # Unbuffered: a buffered writer keeps the part of its last write that did not fit and
+        # fails again on close (ENOSPC from `with`), depending on how the free space happens to
+        # align with the writes.
+        with self.filler.open("wb", buffering=0) as out:
             try:
                 while True:
                     out.write(b"\0" * 65536)
-                    out.flush()
             except OSError as error:
                 assert error.errno == errno.ENOSPC
 
