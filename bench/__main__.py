@@ -23,7 +23,17 @@ _REPO = str(Path(__file__).resolve().parents[1])
 if _REPO not in sys.path:
     sys.path.insert(0, _REPO)
 
-from bench import ack, burst, chart, latency, memory, poll, reports, validate  # noqa: E402 - needs the sys.path entry above
+from bench import (  # noqa: E402 - needs the sys.path entry above
+    ack,
+    burst,
+    chart,
+    latency,
+    memory,
+    metrics_overhead,
+    poll,
+    reports,
+    validate,
+)
 from bench.common import (  # noqa: E402
     STORES,
     FunctionalError,
@@ -43,6 +53,7 @@ BENCHMARKS: dict[str, Callable[[argparse.Namespace], Result]] = {
     "chart": lambda args: chart.run(args.quick),
     "reports": lambda args: reports.run(args.quick),
     "validate": lambda args: validate.run(args.quick),
+    "metrics": lambda args: metrics_overhead.run(args.quick),
 }
 
 
