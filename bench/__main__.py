@@ -23,7 +23,18 @@ _REPO = str(Path(__file__).resolve().parents[1])
 if _REPO not in sys.path:
     sys.path.insert(0, _REPO)
 
-from bench import ack, burst, chart, latency, memory, modal, poll, reports, validate  # noqa: E402 - needs the sys.path entry above
+from bench import (  # noqa: E402 - needs the sys.path entry above
+    ack,
+    burst,
+    chart,
+    latency,
+    memory,
+    metrics_overhead,
+    modal,
+    poll,
+    reports,
+    validate,
+)
 from bench.common import (  # noqa: E402
     STORES,
     FunctionalError,
@@ -44,6 +55,7 @@ BENCHMARKS: dict[str, Callable[[argparse.Namespace], Result]] = {
     "reports": lambda args: reports.run(args.quick),
     "validate": lambda args: validate.run(args.quick),
     "modal": lambda args: modal.run(args.quick),
+    "metrics": lambda args: metrics_overhead.run(args.quick),
 }
 
 

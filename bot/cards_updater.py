@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
 from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry.async_handler import AsyncRetryHandler
 from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncConnectionErrorRetryHandler,
     AsyncServerErrorRetryHandler,
@@ -27,6 +28,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.card import Candidate, Progress, card_digest, cards_to_edit, progress_from_events, render_card
 from bot.crash import crash_point
+from bot.metrics import MeteredWebClient, Metrics
 from bot.models import FineTuningJob
 from bot.openai_client import FineTuningClient, OpenAIError
 from bot.runner import CHANNEL_REFUSED
@@ -51,19 +53,19 @@ CATCH_UP_LIMIT = 500
 OWED_DIGEST = "owed"
 
 
-def build_card_client(token: str, base_url: str) -> AsyncWebClient:
+def build_card_client(token: str, base_url: str, metrics: Metrics | None = None) -> AsyncWebClient:
     """A client of its own for card edits: no built-in rate-limit retry (a 429 pauses the card
     editor, it must not sleep inside a request), but connection and 5xx retries, harmless for an
     edit that sets the same content twice."""
-    return AsyncWebClient(
-        token=token,
-        base_url=base_url,
-        timeout=10,
-        retry_handlers=[
-            AsyncConnectionErrorRetryHandler(max_retry_count=2),
-            AsyncServerErrorRetryHandler(max_retry_count=1),
-        ],
-    )
+    handlers: list[AsyncRetryHandler] = [
+        AsyncConnectionErrorRetryHandler(max_retry_count=2),
+        AsyncServerErrorRetryHandler(max_retry_count=1),
+    ]
+    if metrics is not None:
+        return MeteredWebClient(
+            token=token, base_url=base_url, timeout=10, retry_handlers=handlers, metrics=metrics
+        )
+    return AsyncWebClient(token=token, base_url=base_url, timeout=10, retry_handlers=handlers)
 
 
 class EditBudget:
@@ -110,7 +112,9 @@ class CardEditor:
         concurrency: int = 8,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics or Metrics()
         self._store = store
         self._openai = openai
         self._slack = slack
@@ -292,12 +296,14 @@ class CardEditor:
             await asyncio.wait(list(self._tasks), timeout=timeout)
 
     async def _flush_once(self) -> None:
-        picks = cards_to_edit(
-            [w.candidate for w in self._wanted.values()],
-            now=self._clock(),
-            per_card_seconds=self._per_card_seconds,
-            budget=self._budget.available(),
+        candidates = [w.candidate for w in self._wanted.values()]
+        # Every card due now, in order; the budget takes the first ones and holds back the rest.
+        due = cards_to_edit(
+            candidates, now=self._clock(), per_card_seconds=self._per_card_seconds, budget=len(candidates)
         )
+        picks = due[: self._budget.available()]
+        if len(due) > len(picks):
+            self._metrics.card_edits_skipped.inc(len(due) - len(picks))
         for pick in picks:
             wanted = self._wanted.get(pick.key)
             if wanted is None or wanted.candidate is not pick:
@@ -322,9 +328,11 @@ class CardEditor:
         except SlackApiError as error:
             return await self._edit_failed(wanted, error, now)
         except Exception:
+            self._metrics.card_edit("error")
             log.warning("editing the card of %s failed; will retry", watch.job_id[:100], exc_info=True)
             self._tried(wanted, now)
             return True
+        self._metrics.card_edit("ok")
         await asyncio.to_thread(self._store.card_edited, watch.id, wanted.candidate.digest, now)
         if self._wanted.get(watch.id) is wanted:
             del self._wanted[watch.id]
@@ -342,9 +350,11 @@ class CardEditor:
             headers = {k.lower(): v for k, v in (error.response.headers or {}).items()}
             retry_after = _seconds(headers.get("retry-after"))
             log.warning("chat.update is rate-limited; card edits wait %.0f s", retry_after)
+            self._metrics.card_edit("rate_limited")
             self._budget.pause(retry_after)
             return False
         if reason in STOP_EDITING:
+            self._metrics.card_edit("stopped")
             log.info(
                 "the card of %s in %s cannot be edited (%s); not trying again",
                 watch.job_id,
@@ -355,6 +365,7 @@ class CardEditor:
             if self._wanted.get(watch.id) is wanted:
                 del self._wanted[watch.id]
             return True
+        self._metrics.card_edit("error")
         log.warning("editing the card of %s failed (%s); will retry", watch.job_id[:100], reason)
         self._tried(wanted, now)
         return True

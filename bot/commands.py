@@ -256,6 +256,13 @@ _CREATE_OPTIONS = (
 _OPTION_ALIASES = {"n_epochs": "epochs", "lr": "learning_rate_multiplier", "validation": "validation_file"}
 
 
+def subcommand_name(text: str) -> str:
+    """The canonical subcommand `text` asks for ("help" when empty), or "unknown": a bounded name
+    for the metrics, whatever was typed."""
+    words = text.split(maxsplit=1)
+    return _ALIASES.get(words[0].lower(), "unknown") if words else "help"
+
+
 def parse_command(text: str, *, default_model: str) -> Command | ParseError:
     tokens = _tokenize(text)
     if not tokens:

@@ -22,6 +22,8 @@ DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1"
 # A current fine-tunable snapshot (OpenAI's fine-tuning guide lists it); override with DEFAULT_MODEL.
 DEFAULT_MODEL = "gpt-4o-mini-2024-07-18"
 DEFAULT_DATABASE_URL = "sqlite:///finetune-bot.db"
+# A bearer token shorter than this is refused: it would be guessable.
+MIN_METRICS_TOKEN = 16
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,9 @@ class Settings:
     # Files API's own limit is 512 MB), and priced with this table for the cost estimate.
     max_upload_mb: int = 512
     training_prices: dict[str, Price] = field(default_factory=lambda: dict(PRICES))
+    # GET /metrics: on PORT behind this bearer token, and/or on METRICS_PORT bound to 127.0.0.1.
+    metrics_token: str | None = field(default=None, repr=False)
+    metrics_port: int | None = None
 
     @property
     def socket_mode(self) -> bool:
@@ -82,6 +87,7 @@ class Settings:
             self.slack_signing_secret,
             self.slack_app_token,
             self.openai_webhook_secret,
+            self.metrics_token,
         ]
         password = urlsplit(self.database_url).password
         return [v for v in [*values, password] if v]
@@ -221,6 +227,19 @@ def load_settings(env: Mapping[str, str]) -> Settings | list[str]:
         # Echo what the operator typed, not our upper-cased copy of it.
         problems.append(f"LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, got {typed_level!r}")
 
+    metrics_token = text("METRICS_TOKEN")
+    if metrics_token is not None and len(metrics_token) < MIN_METRICS_TOKEN:
+        problems.append(
+            f"METRICS_TOKEN must be at least {MIN_METRICS_TOKEN} characters (a random one, e.g. "
+            "`openssl rand -hex 32`): it is all that guards /metrics on PORT"
+        )
+    port = int(number("PORT", 3000, 1, 65_535, integer=True))
+    metrics_port: int | None = None
+    if text("METRICS_PORT") is not None:
+        metrics_port = int(number("METRICS_PORT", 0, 1, 65_535, integer=True)) or None
+        if metrics_port == port:
+            problems.append("METRICS_PORT must differ from PORT (it is served apart, on 127.0.0.1)")
+
     prices = load_prices(env)
     if isinstance(prices, str):
         problems.append(prices)
@@ -239,7 +258,7 @@ def load_settings(env: Mapping[str, str]) -> Settings | list[str]:
         database_url=database_url,
         poll_interval_seconds=number("POLL_INTERVAL_SECONDS", 30.0, 1, 86_400),
         host=text("HOST") or "0.0.0.0",
-        port=int(number("PORT", 3000, 1, 65_535, integer=True)),
+        port=port,
         log_level=log_level,
         openai_timeout_seconds=number("OPENAI_TIMEOUT_SECONDS", 15.0, 1, 120),
         openai_max_connections=int(number("OPENAI_MAX_CONNECTIONS", 20, 1, 1000, integer=True)),
@@ -255,5 +274,7 @@ def load_settings(env: Mapping[str, str]) -> Settings | list[str]:
         card_edits_per_minute=int(number("CARD_EDITS_PER_MINUTE", 40, 1, 50, integer=True)),
         max_upload_mb=int(number("FINETUNE_MAX_UPLOAD_MB", 512, 1, 512, integer=True)),
         training_prices=prices,
+        metrics_token=metrics_token,
+        metrics_port=metrics_port,
     )
     return problems or settings

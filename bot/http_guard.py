@@ -33,6 +33,8 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from bot.metrics import Metrics, ack_kind
+
 log = logging.getLogger(__name__)
 
 # Slack's largest payloads are interactivity ones: a view submission carries the whole view (Slack
@@ -143,11 +145,14 @@ async def read_slack_request(request: Request, secret: str, *, now: float | None
 class SlackEvents:
     """The `POST /slack/events` endpoint: the guard above, then Bolt with the bytes it verified."""
 
-    def __init__(self, app: AsyncApp, signing_secret: str) -> None:
+    def __init__(self, app: AsyncApp, signing_secret: str, metrics: Metrics | None = None) -> None:
         self._app = app
         self._secret = signing_secret
+        self._metrics = metrics or Metrics()
 
     async def handle(self, request: Request) -> Response:
+        # The request's headers are in: from here to the response is what Slack's 3 s measure.
+        received = time.perf_counter()
         try:
             body = await read_slack_request(request, self._secret)
         except Refused as refused:
@@ -161,7 +166,9 @@ class SlackEvents:
             # Signed but unparseable: only someone holding the signing secret can send this.
             log.warning("a signed request to /slack/events could not be parsed")
             return refusal(400, "malformed request")
-        return to_starlette_response(await self._app.async_dispatch(bolt_request))
+        response = to_starlette_response(await self._app.async_dispatch(bolt_request))
+        self._metrics.ack(ack_kind(bolt_request.body), time.perf_counter() - received)
+        return response
 
 
 def open_file_limit() -> int:

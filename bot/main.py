@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import sys
@@ -37,6 +38,11 @@ FINETUNE_ADMINS, FINETUNE_ALLOWED_CHANNELS, FINETUNE_READ_ACCESS (channel),
 FINETUNE_MAX_UPLOAD_MB (512), FINETUNE_TRAINING_PRICES (built-in table; e.g.
 gpt-4o-mini=3.00,gpt-4o=25: US dollars per million training tokens).
 README.md explains each.
+
+Metrics and readiness: GET /readyz on PORT (200 when the database answers, the scheduler runs
+and, in Socket Mode, the socket is connected; else 503 naming what is down). GET /metrics
+(Prometheus) is off unless METRICS_TOKEN (16+ characters: served on PORT, requests must send
+"Authorization: Bearer <token>") or METRICS_PORT (served on 127.0.0.1 only, no token) is set.
 
 Exit codes: 0 stopped normally (SIGTERM/SIGINT) or --check passed; 2 configuration problem,
 one line per problem naming the variable."""
@@ -108,7 +114,15 @@ def main(argv: list[str] | None = None) -> int:
         sock = listen(settings.host, settings.port)
     except ListenProblem as problem:
         return refuse([str(problem)])
-    with sock:
+    metrics_socket = None
+    if settings.metrics_port is not None:
+        try:
+            # Localhost only: without a token, /metrics must not be reachable from elsewhere.
+            metrics_socket = listen("127.0.0.1", settings.metrics_port, name="METRICS_PORT")
+        except ListenProblem as problem:
+            sock.close()
+            return refuse([str(problem)])
+    with sock, metrics_socket or contextlib.nullcontext():
         identity, problem = asyncio.run(check_slack(settings))
         if problem:
             return refuse([problem])
@@ -116,5 +130,5 @@ def main(argv: list[str] | None = None) -> int:
             store = open_database(settings.database_url, wait_seconds=settings.database_wait_seconds)
         except DatabaseProblem as error:
             return refuse([str(error)])
-        serve(settings, store, sock, identity)
+        serve(settings, store, sock, identity, metrics_socket)
     return 0

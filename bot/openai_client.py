@@ -25,6 +25,7 @@ from typing import IO, Any
 import httpx
 
 from bot import ids
+from bot.metrics import Metrics, openai_operation
 from bot.models import Checkpoint, FineTuningJob, JobEvent, OpenAIFile, Page
 
 log = logging.getLogger(__name__)
@@ -159,8 +160,10 @@ class FineTuningClient:
         retry: RetryPolicy | None = None,
         sleep: Callable[[float], Any] = asyncio.sleep,
         max_concurrency: int = 20,
+        metrics: Metrics | None = None,
     ) -> None:
         self._http = http
+        self._metrics = metrics or Metrics()
         self._slots = asyncio.Semaphore(max_concurrency)
         self._base_url = base_url.rstrip("/")
         self._headers = {"Authorization": f"Bearer {api_key}", "Accept": "application/json"}
@@ -280,6 +283,7 @@ class FineTuningClient:
         before sending again (bot/training_flow.py)."""
         headers = {**self._headers}
         content.seek(0)
+        started = time.perf_counter()
         try:
             async with self._slots:
                 response = await self._http.post(
@@ -292,9 +296,12 @@ class FineTuningClient:
                     timeout=httpx.Timeout(60.0, connect=10.0),
                 )
         except httpx.TimeoutException:
+            self._metrics.openai_request("createFile", None, time.perf_counter() - started)
             raise UnavailableError("OpenAI did not answer the upload in time.") from None
         except httpx.TransportError as exc:
+            self._metrics.openai_request("createFile", None, time.perf_counter() - started)
             raise UnavailableError(f"Could not reach OpenAI ({type(exc).__name__}).") from None
+        self._metrics.openai_request("createFile", response.status_code, time.perf_counter() - started)
         if not response.is_success:
             raise _error_from_response(response)
         try:
@@ -312,6 +319,7 @@ class FineTuningClient:
         to hold, read once and checked on the fly. Not retried (the consumer has seen part)."""
         _require(ids.is_file_id(file_id), f"not a file id: {file_id!r}")
         headers = {**self._headers, "Accept": "*/*"}
+        started = time.perf_counter()
         try:
             async with (
                 self._slots,
@@ -319,6 +327,9 @@ class FineTuningClient:
                     "GET", f"{self._base_url}/files/{file_id}/content", headers=headers
                 ) as response,
             ):
+                # Timed to the response's headers: the body streams at the consumer's pace.
+                took = time.perf_counter() - started
+                self._metrics.openai_request("downloadFile", response.status_code, took)
                 if not response.is_success:
                     await response.aread()
                     raise _error_from_response(response)
@@ -349,9 +360,13 @@ class FineTuningClient:
         attempt = 0
         while True:
             retry_after: float | None = None
+            status: int | None = None
+            started = time.perf_counter()
             try:
                 async with self._slots, self._http.stream("GET", url, headers=headers) as response:
+                    status = response.status_code
                     if response.is_success:
+                        self._metrics.openai_request("downloadFile", status, time.perf_counter() - started)
                         return await _read_capped(response, max_bytes, file_id)
                     await response.aread()  # error bodies are small JSON
                     error = _error_from_response(response)
@@ -360,9 +375,11 @@ class FineTuningClient:
                 error = UnavailableError("OpenAI did not answer in time.")
             except httpx.TransportError as exc:
                 error = UnavailableError(f"Could not reach OpenAI ({type(exc).__name__}).")
+            self._metrics.openai_request("downloadFile", status, time.perf_counter() - started)
             attempt += 1
             if not _is_retryable(error) or attempt >= policy.max_attempts:
                 raise error
+            self._metrics.openai_retry("downloadFile")
             await self._sleep(retry_after if retry_after is not None else policy.backoff(attempt))
 
     # -- transport -------------------------------------------------------------------------------
@@ -389,14 +406,18 @@ class FineTuningClient:
             headers["Idempotency-Key"] = idempotency_key or f"finetune-bot-{uuid.uuid4()}"
         policy = self._retry
         deadline = time.monotonic() + policy.total_budget
+        operation = openai_operation(method, path)
         attempt = 0
         while True:
+            status: int | None = None
+            started = time.perf_counter()
             try:
                 # Wait here, not in httpx's pool: with hundreds of requests queued, httpcore rescans
                 # its whole queue each time a connection frees up, burning the CPU that Slack
                 # acknowledgements need (measured by bench/ack.py).
                 async with self._slots:
                     remaining = deadline - time.monotonic()
+                    started = time.perf_counter()  # OpenAI's latency, not our queue's
                     response = await self._http.request(
                         method,
                         url,
@@ -416,12 +437,14 @@ class FineTuningClient:
                 error = ServerError("OpenAI's response could not be decoded.")
                 retry_after = None
             else:
+                status = response.status_code
                 if response.is_success:
                     try:
                         data = response.json()
                     except ValueError:
                         data = None
                     if isinstance(data, dict):
+                        self._metrics.openai_request(operation, status, time.perf_counter() - started)
                         return data
                     error = ServerError(
                         "OpenAI answered with something other than the JSON object it documents.",
@@ -432,6 +455,7 @@ class FineTuningClient:
                 else:
                     error = _error_from_response(response)
                     retry_after = parse_retry_after(response.headers.get("retry-after"))
+            self._metrics.openai_request(operation, status, time.perf_counter() - started)
             attempt += 1
             if not _is_retryable(error) or attempt >= policy.max_attempts:
                 raise error
@@ -449,6 +473,7 @@ class FineTuningClient:
                 policy.max_attempts - 1,
                 delay,
             )
+            self._metrics.openai_retry(operation)
             await self._sleep(delay)
 
 

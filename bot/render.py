@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from bot import buttons
@@ -83,10 +84,22 @@ _UNITS = (
 )
 
 
+class Outcome(StrEnum):
+    """What a reply tells the user about their request, counted in the metrics (bot/metrics.py)."""
+
+    OK = "ok"
+    REFUSED = "refused"  # not allowed here, not theirs, not readable, restarting
+    BAD_INPUT = "bad_input"  # the command or button was not usable as sent
+    OPENAI_ERROR = "openai_error"  # OpenAI refused or failed
+    ERROR = "error"  # our own failure
+
+
 @dataclass(frozen=True)
 class Reply:
     text: str  # plain-text fallback (notifications, screen readers); Slack parses it as mrkdwn too
     blocks: list[dict[str, Any]]
+    # Not part of the message (nor of equality): which kind of answer this is, for the metrics.
+    outcome: Outcome = field(default=Outcome.OK, compare=False)
 
     def as_kwargs(self) -> dict[str, Any]:
         """What is sent to Slack. Every message leaves through here, so this is where configured
@@ -239,9 +252,9 @@ def _chunk(lines: Iterable[str], limit: int = SECTION_TEXT) -> list[str]:
     return chunks
 
 
-def _reply(text: str, blocks: list[dict[str, Any]]) -> Reply:
+def _reply(text: str, blocks: list[dict[str, Any]], outcome: Outcome = Outcome.OK) -> Reply:
     # Each renderer sizes itself to fit; this is the last guard against `invalid_blocks`.
-    return Reply(text=_truncate(text, TOP_TEXT), blocks=blocks[:MAX_BLOCKS])
+    return Reply(text=_truncate(text, TOP_TEXT), blocks=blocks[:MAX_BLOCKS], outcome=outcome)
 
 
 def _mention(user_id: str) -> str:
@@ -284,7 +297,7 @@ def render_parse_error(error: ParseError, command: str = "/finetune") -> Reply:
     blocks = [_section(message)]
     if error.show_help:
         blocks += render_help(command).blocks
-    return _reply(text, blocks)
+    return _reply(text, blocks, Outcome.BAD_INPUT)
 
 
 # ---------------------------------------------------------------------------------------------- jobs
@@ -591,7 +604,7 @@ def render_card_unchanged(job: FineTuningJob) -> Reply:
 def render_button_broken() -> Reply:
     """A click whose value is not what the bot put there (forged, or from a much older version)."""
     text = ":warning: That button no longer works. Run the `/finetune` command instead (`/finetune help`)."
-    return _reply(text, [_section(text)])
+    return _reply(text, [_section(text)], Outcome.BAD_INPUT)
 
 
 # ---------------------------------------------------------------------------------------------- announcements
@@ -696,7 +709,7 @@ def render_job_not_found(job_id: str) -> Reply:
     """A job OpenAI does not have, and a job the reader may not see, get this same answer, so the
     reply never tells whether a hidden job exists."""
     message = f":warning: No fine-tuning job {_code(job_id)} was found (check the id with `/finetune list`)."
-    return _reply(message, [_section(message)])
+    return _reply(message, [_section(message)], Outcome.REFUSED)
 
 
 def render_openai_error(error: OpenAIError, *, job_id: str | None = None, action: str = "do that") -> Reply:
@@ -707,12 +720,12 @@ def render_openai_error(error: OpenAIError, *, job_id: str | None = None, action
     blocks = [_section(message)]
     if error.request_id:
         blocks.append(_context(f"OpenAI request id: {_code(error.request_id)}"))
-    return _reply(message, blocks)
+    return _reply(message, blocks, Outcome.OPENAI_ERROR)
 
 
 def render_internal_error() -> Reply:
     message = ":warning: Something went wrong on my side; the team has been told (see the bot's logs)."
-    return _reply(message, [_section(message)])
+    return _reply(message, [_section(message)], Outcome.ERROR)
 
 
 # ---------------------------------------------------------------------------------------------- creates
@@ -725,7 +738,7 @@ def render_create_not_started_database() -> Reply:
         "bot's side, not yours). Try again in a few minutes; if it keeps happening, tell whoever runs "
         "finetune-bot."
     )
-    return _reply(message, [_section(message)])
+    return _reply(message, [_section(message)], Outcome.ERROR)
 
 
 def render_create_untracked(job: FineTuningJob, user_id: str, now: int) -> Reply:
@@ -774,7 +787,7 @@ def render_create_unconfirmed(error: OpenAIError, check_for: float) -> Reply:
     blocks = [_section(message)]
     if error.request_id:
         blocks.append(_context(f"OpenAI request id: {_code(error.request_id)}"))
-    return _reply(message, blocks)
+    return _reply(message, blocks, Outcome.OPENAI_ERROR)
 
 
 def render_create_started_after_all(job_id: str, channel_id: str) -> Reply:
@@ -804,7 +817,7 @@ def render_create_never_started(training_file: str | None) -> Reply:
 def render_restarting() -> Reply:
     """A command that arrives while the bot shuts down (a deploy): refused before any work."""
     message = ":arrows_counterclockwise: I'm restarting right now. Please try again in a minute."
-    return _reply(message, [_section(message)])
+    return _reply(message, [_section(message)], Outcome.REFUSED)
 
 
 def render_unfinished(subcommand: str, command: str = "/finetune") -> Reply:
@@ -925,7 +938,7 @@ def render_channel_not_allowed(allowed: frozenset[str]) -> Reply:
     channels = [f"<#{c}>" for c in sorted(allowed) if _CHANNEL_ID.fullmatch(c)][:20]
     where = ", ".join(channels) if channels else "the channels your admin chose"
     text = f":lock: `/finetune` isn't enabled in this channel. It works in {where}."
-    return _reply(text, [_section(text)])
+    return _reply(text, [_section(text)], Outcome.REFUSED)
 
 
 def render_not_allowed(job_id: str, action: str, starter: str | None, *, starter_here: bool = True) -> Reply:
@@ -944,7 +957,7 @@ def render_not_allowed(job_id: str, action: str, starter: str | None, *, starter
             f":lock: Sorry, you can't {_clip(action, 40)} {_code(job_id)}: only {who} "
             "or a finetune-bot admin (`FINETUNE_ADMINS`) can."
         )
-    return _reply(text, [_section(text)])
+    return _reply(text, [_section(text)], Outcome.REFUSED)
 
 
 # ------------------------------------------------------------------------------------ the create form

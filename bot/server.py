@@ -12,16 +12,18 @@ import contextlib
 import datetime
 import errno
 import gc
+import hmac
 import logging
 import os
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import httpx
 import uvicorn
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.schedulers.base import STATE_RUNNING
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -33,10 +35,12 @@ from bot.config import Settings
 from bot.http_guard import GuardedH11Protocol, SlackEvents
 from bot.inflight import InFlight
 from bot.listeners import register_listeners
+from bot.metrics import CONTENT_TYPE, Metrics
 from bot.notifier import Notifier
 from bot.openai_client import FineTuningClient, build_http_client
 from bot.pending import CreateReconciler
 from bot.poller import Poller
+from bot.readiness import DatabaseProbe, readiness
 from bot.reporter import Reporter
 from bot.runner import CommandRunner
 from bot.slack_app import BotIdentity, build_app, build_slack_client
@@ -59,10 +63,70 @@ class ListenProblem(Exception):
     """The port cannot be listened on; its str is one line naming the variable to change."""
 
 
-def build_asgi(settings: Settings, store: Store, identity: BotIdentity | None = None) -> Starlette:
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def bearer(token: str, endpoint: Endpoint) -> Endpoint:
+    """`endpoint` behind `Authorization: Bearer <token>`, compared in constant time; 401 otherwise."""
+    expected = f"Bearer {token}".encode()
+
+    async def guarded(request: Request) -> Response:
+        given = request.headers.get("authorization", "").encode("utf-8", "replace")
+        if not hmac.compare_digest(given, expected):
+            return JSONResponse(
+                {"error": "unauthorized"}, status_code=401, headers={"WWW-Authenticate": "Bearer"}
+            )
+        return await endpoint(request)
+
+    return guarded
+
+
+class _SecondServer(uvicorn.Server):
+    """A server sharing the main one's event loop: the main server handles the signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class MetricsServer:
+    """`GET /metrics` alone, without a token, on METRICS_PORT bound to 127.0.0.1: for a Prometheus
+    (or an agent) on the same host or in the same pod, never reachable from outside."""
+
+    def __init__(self, endpoint: Endpoint, port: int) -> None:
+        self._app = Starlette(routes=[Route("/metrics", endpoint, methods=["GET"])])
+        self._port = port
+        self._server: _SecondServer | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self, sock: socket.socket | None = None) -> None:
+        """Serve on `sock` (bound by `listen` at start-up), or bind 127.0.0.1:METRICS_PORT now."""
+        sock = sock or listen("127.0.0.1", self._port, name="METRICS_PORT")
+        config = uvicorn.Config(self._app, log_config=None, access_log=False, lifespan="off")
+        self._server = _SecondServer(config)
+        self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="metrics-server")
+        log.info("serving /metrics on 127.0.0.1:%d", self._port)
+
+    async def stop(self) -> None:
+        if self._server is not None and self._task is not None:
+            self._server.should_exit = True
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._task, 5)
+
+
+def build_asgi(
+    settings: Settings,
+    store: Store,
+    identity: BotIdentity | None = None,
+    metrics_socket: socket.socket | None = None,
+) -> Starlette:
     """`store` is open and migrated (bot.database.open_database), so a bad DATABASE_URL stopped
     the service at start, with one clear line, before any Slack traffic was accepted. `identity`
-    is what auth.test said at start (None if Slack could not be reached)."""
+    is what auth.test said at start (None if Slack could not be reached). `metrics_socket`:
+    127.0.0.1:METRICS_PORT, bound at start-up (bound when serving starts if not given)."""
+    # This app's own registry: the edges below count into it, /metrics exposes it.
+    metrics = Metrics()
+    metrics.watch_store(store.gauges)
     http = build_http_client(
         max_connections=settings.openai_max_connections, timeout=settings.openai_timeout_seconds
     )
@@ -73,9 +137,10 @@ def build_asgi(settings: Settings, store: Store, identity: BotIdentity | None = 
         organization=settings.openai_organization,
         project=settings.openai_project,
         max_concurrency=settings.openai_max_connections,
+        metrics=metrics,
     )
-    slack_client = build_slack_client(settings)
-    app = build_app(settings, slack_client, identity)
+    slack_client = build_slack_client(settings, metrics=metrics)
+    app = build_app(settings, slack_client, identity, metrics)
     owner = f"{socket.gethostname()}:{settings.port}:{os.getpid()}"
     interval = settings.effective_poll_interval
     # A lease only has to outlive one cycle's work (a slow cycle must not hand its watches to
@@ -90,15 +155,16 @@ def build_asgi(settings: Settings, store: Store, identity: BotIdentity | None = 
     if single_process:
         # SQLite means one process: leases left by a killed predecessor are ours to take now.
         store.release_all_leases()
-    posting_client = build_slack_client(settings, posting=True)
+    posting_client = build_slack_client(settings, posting=True, metrics=metrics)
     # Cards are edited through a client of their own, so their 429s never hold up an outcome.
     cards = CardEditor(
         store,
         openai,
-        build_card_client(settings.slack_bot_token, settings.slack_api_url),
+        build_card_client(settings.slack_bot_token, settings.slack_api_url, metrics),
         per_card_seconds=settings.card_update_seconds,
         per_minute=settings.card_edits_per_minute,
         concurrency=settings.poll_concurrency,
+        metrics=metrics,
     )
     # Completion reports (chart and scorecard) are drawn in a worker process and posted apart
     # from the outcomes, which they follow and never hold up.
@@ -164,6 +230,7 @@ def build_asgi(settings: Settings, store: Store, identity: BotIdentity | None = 
         inflight=inflight,
         allowed_channels=settings.allowed_channels,
         training_flow=training,
+        metrics=metrics,
     )
     # APScheduler's own job stores are not shared between processes (its FAQ); the schedule is
     # in memory and all coordination between replicas lives in our tables.
@@ -175,7 +242,8 @@ def build_asgi(settings: Settings, store: Store, identity: BotIdentity | None = 
         if inflight.closing:
             return  # shutting down: the watches are being handed over
         async with polling.track():
-            await poller.cycle()
+            with metrics.poll_cycle():
+                await poller.cycle()
 
     if settings.webhooks_enabled and not single_process:
 
@@ -195,9 +263,9 @@ def build_asgi(settings: Settings, store: Store, identity: BotIdentity | None = 
         next_run_time=datetime.datetime.now(datetime.UTC),
     )
     # Size caps, read deadlines and the signature over the raw bytes, before Bolt parses anything.
-    slack_events = SlackEvents(app, settings.slack_signing_secret or "")
+    slack_events = SlackEvents(app, settings.slack_signing_secret or "", metrics)
     receiver = (
-        WebhookReceiver(settings.openai_webhook_secret, store, openai, poller)
+        WebhookReceiver(settings.openai_webhook_secret, store, openai, poller, metrics)
         if settings.openai_webhook_secret
         else None
     )
@@ -208,7 +276,11 @@ def build_asgi(settings: Settings, store: Store, identity: BotIdentity | None = 
 
     socket_mode = (
         SocketModeConnection(
-            app, settings.slack_app_token, api_url=settings.slack_api_url, on_connected=announce_ready
+            app,
+            settings.slack_app_token,
+            api_url=settings.slack_api_url,
+            on_connected=announce_ready,
+            metrics=metrics,
         )
         if settings.slack_app_token
         else None
@@ -220,9 +292,28 @@ def build_asgi(settings: Settings, store: Store, identity: BotIdentity | None = 
         # Still 200 while the socket is down: the process is alive and retrying on its own.
         return JSONResponse({"ok": True, "mode": "socket", "slack_connected": socket_mode.connected})
 
+    database = DatabaseProbe(store.ping)
+
+    async def readyz(_: Request) -> Response:
+        status, body = readiness(
+            database=await database.up(),
+            scheduler=scheduler.state == STATE_RUNNING,  # paused while shutting down
+            socket=None if socket_mode is None else socket_mode.connected,
+        )
+        return JSONResponse(body, status_code=status)
+
+    async def metrics_page(_: Request) -> Response:
+        return Response(await metrics.exposition(), media_type=CONTENT_TYPE)
+
+    metrics_server = (
+        MetricsServer(metrics_page, settings.metrics_port) if settings.metrics_port is not None else None
+    )
+
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         scheduler.start()
+        if metrics_server is not None:
+            await metrics_server.start(metrics_socket)
         try:
             # Everything built at start-up lives as long as the process: keep it out of the
             # collector's full passes, whose pauses otherwise show up as acknowledgement latency.
@@ -239,6 +330,8 @@ def build_asgi(settings: Settings, store: Store, identity: BotIdentity | None = 
             yield
         finally:
             await shut_down()
+            if metrics_server is not None:
+                await metrics_server.stop()
             if socket_mode is not None:
                 await socket_mode.close()
             scheduler.shutdown(wait=False)
@@ -279,13 +372,16 @@ def build_asgi(settings: Settings, store: Store, identity: BotIdentity | None = 
         except Exception:
             log.exception("could not release this replica's notifications; their leases will expire")
 
-    routes = [Route("/healthz", healthz, methods=["GET"])]
+    routes = [Route("/healthz", healthz, methods=["GET"]), Route("/readyz", readyz, methods=["GET"])]
+    if settings.metrics_token:
+        routes.append(Route("/metrics", bearer(settings.metrics_token, metrics_page), methods=["GET"]))
     if not settings.socket_mode:
         routes.append(Route("/slack/events", slack_events.handle, methods=["POST"]))
     if receiver is not None:
         routes.append(Route("/openai/webhook", receiver.handle, methods=["POST"]))
     asgi = Starlette(routes=routes, lifespan=lifespan)
     asgi.state.inflight = inflight  # serve() closes it the moment SIGTERM arrives
+    asgi.state.metrics = metrics
     return asgi
 
 
@@ -303,9 +399,9 @@ class _Server(uvicorn.Server):
         self._captured_signals.clear()
 
 
-def listen(host: str, port: int) -> socket.socket:
+def listen(host: str, port: int, *, name: str = "PORT") -> socket.socket:
     """Bind the listening socket before anything else starts, so a port in use is reported as
-    such (one line naming PORT) before the bot opens its database or says it is ready."""
+    such (one line naming PORT, or `name`) before the bot opens its database or says it is ready."""
     try:
         family, kind, proto, _, address = socket.getaddrinfo(
             host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
@@ -321,22 +417,27 @@ def listen(host: str, port: int) -> socket.socket:
         sock.close()
         if error.errno == errno.EADDRINUSE:
             raise ListenProblem(
-                f"PORT {port} is already in use on {host}: stop what listens there, "
-                "or set PORT to a free port"
+                f"{name} {port} is already in use on {host}: stop what listens there, "
+                f"or set {name} to a free port"
             ) from None
         if error.errno == errno.EACCES:
             raise ListenProblem(
-                f"PORT {port} needs privileges this process lacks: set PORT to 1024 or above"
+                f"{name} {port} needs privileges this process lacks: set {name} to 1024 or above"
             ) from None
-        raise ListenProblem(f"cannot listen on HOST {host} PORT {port} ({error.strerror})") from None
+        raise ListenProblem(f"cannot listen on HOST {host} {name} {port} ({error.strerror})") from None
     return sock
 
 
 def serve(
-    settings: Settings, store: Store, sock: socket.socket, identity: BotIdentity | None = None
+    settings: Settings,
+    store: Store,
+    sock: socket.socket,
+    identity: BotIdentity | None = None,
+    metrics_socket: socket.socket | None = None,
 ) -> None:
-    """Serve on `sock`, bound by `listen` before anything else started."""
-    asgi = build_asgi(settings, store, identity)
+    """Serve on `sock` (and /metrics alone on `metrics_socket`), bound by `listen` before anything
+    else started."""
+    asgi = build_asgi(settings, store, identity, metrics_socket)
     config = uvicorn.Config(
         asgi,
         host=settings.host,

@@ -22,6 +22,7 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.config import Settings
+from bot.metrics import MeteredWebClient, Metrics, metered_retry_handlers
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ class BotIdentity:
 
 
 def build_slack_client(
-    settings: Settings, *, posting: bool = False, with_token: bool = True
+    settings: Settings, *, posting: bool = False, with_token: bool = True, metrics: Metrics | None = None
 ) -> AsyncWebClient:
     """slack_sdk retries nothing but connection errors by default; a 429 (`Retry-After`) or a 5xx
     from Slack should delay a message, not lose it.
@@ -69,6 +70,8 @@ def build_slack_client(
     answers without posting. After a 5xx or a dropped connection the post may have landed, so a
     blind retry could post twice; the notifier instead defers the row, and its next attempt first
     asks Slack whether the message is there.
+
+    With `metrics`, every call is counted by method and result, and every 429 and its wait.
     """
     handlers: list[AsyncRetryHandler] = [AsyncRateLimitErrorRetryHandler(max_retry_count=3)]
     if not posting:
@@ -76,12 +79,16 @@ def build_slack_client(
             AsyncConnectionErrorRetryHandler(max_retry_count=2),
             AsyncServerErrorRetryHandler(max_retry_count=2),
         ]
-    return AsyncWebClient(
-        token=settings.slack_bot_token if with_token else None,
-        base_url=settings.slack_api_url,
-        timeout=10,
-        retry_handlers=handlers,
-    )
+    token = settings.slack_bot_token if with_token else None
+    if metrics is not None:
+        return MeteredWebClient(
+            token=token,
+            base_url=settings.slack_api_url,
+            timeout=10,
+            retry_handlers=metered_retry_handlers(handlers, metrics),
+            metrics=metrics,
+        )
+    return AsyncWebClient(token=token, base_url=settings.slack_api_url, timeout=10, retry_handlers=handlers)
 
 
 class WorkspaceAuthorizer(AsyncAuthorize):
@@ -148,12 +155,15 @@ class WorkspaceAuthorizer(AsyncAuthorize):
 
 
 def build_app(
-    settings: Settings, lookup_client: AsyncWebClient, identity: BotIdentity | None = None
+    settings: Settings,
+    lookup_client: AsyncWebClient,
+    identity: BotIdentity | None = None,
+    metrics: Metrics | None = None,
 ) -> AsyncApp:
     return AsyncApp(
         # The app's own client carries no token: every request gets the bot token from the
         # authorizer. (Given a token as well, Bolt warns that one of the two will be unused.)
-        client=build_slack_client(settings, with_token=False),
+        client=build_slack_client(settings, with_token=False, metrics=metrics),
         authorize=WorkspaceAuthorizer(settings.slack_bot_token, identity, lookup_client),
         # Socket Mode connections are authenticated by the app token; HTTP requests are verified
         # with the signing secret (401 on a bad signature or a timestamp more than 5 minutes off).

@@ -11,14 +11,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+from slack_bolt.adapter.socket_mode.async_internals import run_async_bolt_app, send_async_response
 from slack_bolt.async_app import AsyncApp
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
+from slack_sdk.socket_mode.aiohttp import SocketModeClient
+from slack_sdk.socket_mode.request import SocketModeRequest
 from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.metrics import Metrics, ack_kind
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +56,20 @@ def describe_error(error: BaseException) -> str:
     return f"{type(error).__name__}{detail}"
 
 
+class MeteredSocketModeHandler(AsyncSocketModeHandler):
+    """Bolt's handler, timing each envelope from its arrival to its ack sent on the socket."""
+
+    def __init__(self, app: AsyncApp, app_token: str, metrics: Metrics) -> None:
+        super().__init__(app, app_token)
+        self._metrics = metrics
+
+    async def handle(self, client: SocketModeClient, req: SocketModeRequest) -> None:  # type: ignore[override]
+        received = time.perf_counter()
+        response = await run_async_bolt_app(self.app, req)
+        await send_async_response(client, req, response, time.time())
+        self._metrics.ack(ack_kind(req.payload), time.perf_counter() - received)
+
+
 class SocketModeConnection:
     def __init__(
         self,
@@ -61,7 +81,9 @@ class SocketModeConnection:
         first_delay: float = 1.0,
         max_delay: float = 60.0,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics or Metrics()
         self._app = app
         self._app_token = app_token
         # Asks for socket URLs without slack_sdk's own connection retries (each logs a line):
@@ -83,7 +105,7 @@ class SocketModeConnection:
 
     def start(self) -> None:
         """Begin connecting; returns at once (needs the running event loop)."""
-        self._handler = AsyncSocketModeHandler(self._app, self._app_token)
+        self._handler = MeteredSocketModeHandler(self._app, self._app_token, self._metrics)
         self._task = asyncio.create_task(self._connect_until_done(self._handler), name="socket-mode-connect")
 
     async def close(self) -> None:

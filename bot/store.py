@@ -189,6 +189,15 @@ OPEN_CREATE_STATES = ("pending", "created")
 
 
 @dataclass(frozen=True)
+class StoreGauges:
+    """What the metrics read from the store at scrape time (bot/metrics.py)."""
+
+    watches_active: int
+    outbox_owed: int
+    outbox_oldest_owed_seconds: float  # 0 when nothing is owed
+
+
+@dataclass(frozen=True)
 class PendingCreate:
     trigger_id: str
     team_id: str
@@ -866,6 +875,33 @@ class Store:
                     lease_expires_at=None,
                 )
             )
+
+    # -- operations (bot/metrics.py, /readyz) ---------------------------------------------------------
+
+    def ping(self) -> None:
+        """`SELECT 1`: raises when the database does not answer."""
+        with self.engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+
+    def gauges(self) -> StoreGauges:
+        """Watches active, outbox rows owed and the oldest one's age (database clock), in one
+        query over the two partial-state indexes."""
+        now = sa.literal_column(
+            "extract(epoch FROM clock_timestamp())"
+            if self._postgres
+            else "(julianday('now') - 2440587.5) * 86400.0"
+        )
+        owed = outbox.c.sent_at.is_(None)
+        query = sa.select(
+            sa.select(sa.func.count()).select_from(watches).where(watches.c.ended_at.is_(None)).scalar_subquery(),
+            sa.select(sa.func.count()).select_from(outbox).where(owed).scalar_subquery(),
+            sa.select(sa.func.min(outbox.c.created_at)).where(owed).scalar_subquery(),
+            now,
+        )
+        with self.engine.connect() as conn:
+            active, owed_rows, oldest, db_now = conn.execute(query).one()
+        age = max(0.0, float(db_now) - float(oldest)) if oldest is not None else 0.0
+        return StoreGauges(int(active), int(owed_rows), age)
 
     def outbox_items(self) -> list[OutboxItem]:
         with self.engine.connect() as conn:

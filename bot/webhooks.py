@@ -23,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from bot import http_guard, ids
+from bot.metrics import Metrics
 from bot.openai_client import FineTuningClient, OpenAIError
 from bot.poller import Poller
 from bot.store import Store
@@ -48,7 +49,15 @@ def verify(secret: str, body: bytes, headers: dict[str, str]) -> dict[str, Any] 
 
 
 class WebhookReceiver:
-    def __init__(self, secret: str, store: Store, openai: FineTuningClient, poller: Poller) -> None:
+    def __init__(
+        self,
+        secret: str,
+        store: Store,
+        openai: FineTuningClient,
+        poller: Poller,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self._metrics = metrics or Metrics()
         self._secret = secret
         self._store = store
         self._openai = openai
@@ -62,10 +71,12 @@ class WebhookReceiver:
             body = await http_guard.read_body(request, limit=MAX_BODY)
         except http_guard.Refused as refused:
             log.info("refused a request to /openai/webhook: %d %s", refused.status, refused.error)
+            self._metrics.webhook("refused")
             return refused.response()
         event = verify(self._secret, body, dict(request.headers))
         if event is None:
             log.warning("rejected an OpenAI webhook with a bad signature or timestamp")
+            self._metrics.webhook("bad_signature")
             return JSONResponse({"error": "invalid signature"}, status_code=401)
         data = event.get("data")
         event_type = event.get("type")
@@ -74,18 +85,22 @@ class WebhookReceiver:
             or not isinstance(data, dict)
             or not isinstance(data.get("id"), str)
         ):
+            self._metrics.webhook("malformed")
             return JSONResponse({"error": "malformed event"}, status_code=400)
         webhook_id = request.headers["webhook-id"]
         if not await asyncio.to_thread(self._store.remember_webhook, webhook_id):
             log.info("webhook %s was already handled", json.dumps(webhook_id)[:80])
+            self._metrics.webhook("duplicate")
             return JSONResponse({"ok": True, "duplicate": True})
         job_id = data["id"]
         if event_type in FINE_TUNING_EVENTS and ids.is_job_id(job_id):
+            self._metrics.webhook("accepted")
             task = asyncio.create_task(self._process(job_id))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         else:
             log.info("ignoring webhook event %s", json.dumps(event_type)[:80])
+            self._metrics.webhook("ignored")
         return JSONResponse({"ok": True})
 
     async def _process(self, job_id: str) -> None:

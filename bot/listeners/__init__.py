@@ -5,6 +5,7 @@ from slack_bolt.async_app import AsyncApp
 from bot.inflight import InFlight
 from bot.listeners import actions, commands, shortcuts, training, views
 from bot.listeners.actions import RefreshCard
+from bot.metrics import Metrics
 from bot.runner import CommandRunner
 from bot.training_flow import TrainingFlow
 
@@ -18,19 +19,39 @@ def register_listeners(
     allowed_channels: frozenset[str] = frozenset(),
     refresh_card: RefreshCard | None = None,
     training_flow: TrainingFlow | None = None,
+    metrics: Metrics | None = None,
 ) -> None:
+    # Every surface counts what each request came to (bot/metrics.py).
+    metrics = metrics or Metrics()
     commands.register(
-        app, runner, default_model=default_model, inflight=inflight, allowed_channels=allowed_channels
+        app,
+        runner,
+        default_model=default_model,
+        inflight=inflight,
+        allowed_channels=allowed_channels,
+        metrics=metrics,
     )
     # `refresh_card`: how a Refresh click edits a job's card (default: re-render the announcement).
     actions.register(
-        app, runner, inflight=inflight, allowed_channels=allowed_channels, refresh_card=refresh_card
+        app,
+        runner,
+        inflight=inflight,
+        allowed_channels=allowed_channels,
+        refresh_card=refresh_card,
+        metrics=metrics,
     )
     # The create form: its submission and its file menus; the message shortcut that opens it.
     views.register(
-        app, runner, default_model=default_model, inflight=inflight, allowed_channels=allowed_channels
+        app,
+        runner,
+        default_model=default_model,
+        inflight=inflight,
+        allowed_channels=allowed_channels,
+        metrics=metrics,
     )
-    shortcuts.register(app, runner, inflight=inflight, allowed_channels=allowed_channels)
+    shortcuts.register(app, runner, inflight=inflight, allowed_channels=allowed_channels, metrics=metrics)
     # The training report's Start fine-tuning button.
     if training_flow is not None:
-        training.register(app, training_flow, inflight=inflight, allowed_channels=allowed_channels)
+        training.register(
+            app, training_flow, inflight=inflight, allowed_channels=allowed_channels, metrics=metrics
+        )

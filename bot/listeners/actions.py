@@ -9,6 +9,7 @@ is read fresh from OpenAI and authorized exactly like the commands (bot/runner.p
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +26,8 @@ from bot.commands import (
     parse_command,
 )
 from bot.inflight import InFlight
-from bot.listeners.commands import send_reply
+from bot.listeners.commands import RECEIVED, send_reply
+from bot.metrics import Metrics
 from bot.runner import CommandRunner, Invocation
 
 # (job id, channel id, message ts, clicking user) → what to tell the clicker privately, if anything.
@@ -74,8 +76,10 @@ def register(
     inflight: InFlight,
     allowed_channels: frozenset[str] = frozenset(),
     refresh_card: RefreshCard | None = None,
+    metrics: Metrics | None = None,
 ) -> None:
     refresh = refresh_card or runner.refresh_card
+    metrics = metrics or Metrics()
 
     async def acknowledge(ack: AsyncAck, body: dict[str, Any], context: dict[str, Any]) -> None:
         click = click_of(body)
@@ -86,6 +90,7 @@ def register(
         else:
             # Counted before the ack goes out, so a SIGTERM right after it still waits for the answer.
             context[VERDICT] = inflight.reserve()
+        context[RECEIVED] = time.monotonic()
         await ack()
 
     async def carry_out(
@@ -94,11 +99,14 @@ def register(
         click = click_of(body)
         verdict = context.get(VERDICT)
         what = f"the {click.action_id} button"
-        if verdict == REFUSED_CHANNEL:
-            await send_reply(respond, render.render_channel_not_allowed(allowed_channels), logger, what=what)
-            return
         if not isinstance(verdict, int):
-            await send_reply(respond, render.render_restarting(), logger, what=what)
+            metrics.action(click.action_id, render.Outcome.REFUSED)
+            refusal = (
+                render.render_channel_not_allowed(allowed_channels)
+                if verdict == REFUSED_CHANNEL
+                else render.render_restarting()
+            )
+            await send_reply(respond, refusal, logger, what=what)
             return
 
         async def farewell() -> None:
@@ -110,8 +118,12 @@ def register(
             except Exception:
                 logger.exception("%s failed", what)
                 reply = render.render_internal_error()
+            metrics.action(click.action_id, render.Outcome.OK if reply is None else reply.outcome)
             if reply is not None:
-                await send_reply(respond, reply, logger, what=what)
+                sent = await send_reply(respond, reply, logger, what=what)
+                received = context.get(RECEIVED)
+                if sent and isinstance(received, float):
+                    metrics.reply("action", time.monotonic() - received)
 
     async def handle(click: Click, respond: AsyncRespond, logger: logging.Logger) -> render.Reply | None:
         invocation = Invocation(team_id=click.team_id, channel_id=click.channel_id, user_id=click.user_id)

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
 
 from bot import render
-from bot.commands import Command, HelpCommand, ParseError, parse_command
+from bot.commands import Command, HelpCommand, ParseError, parse_command, subcommand_name
 from bot.inflight import InFlight
+from bot.metrics import Metrics
 from bot.openai_client import parse_retry_after
 from bot.runner import CommandRunner, Invocation
 
@@ -24,14 +26,17 @@ REPLY_ATTEMPTS = 3
 # Where the acknowledgement leaves the InFlight ticket for the lazy listener (Bolt copies the
 # context, so a plain value is what survives).
 TICKET = "finetune_inflight_ticket"
+# When the acknowledgement began (time.monotonic()), for the reply latency.
+RECEIVED = "finetune_received_at"
 
 
 async def send_reply(
     respond: AsyncRespond, reply: render.Reply, logger: logging.Logger, *, what: str
-) -> None:
-    """Reply through response_url. slack_sdk raises only on connection errors and hands back any
-    HTTP status, so a 429 or 5xx would drop the reply silently: retry those a few times (honouring
-    Retry-After), and log what still fails — the user can be reached no other way."""
+) -> bool:
+    """Reply through response_url; True once Slack accepted it. slack_sdk raises only on connection
+    errors and hands back any HTTP status, so a 429 or 5xx would drop the reply silently: retry
+    those a few times (honouring Retry-After), and log what still fails — the user can be reached
+    no other way."""
     for attempt in range(REPLY_ATTEMPTS):
         try:
             response = await respond(response_type="ephemeral", replace_original=False, **reply.as_kwargs())
@@ -40,14 +45,15 @@ async def send_reply(
             failure = type(error).__name__
         else:
             if 200 <= response.status_code < 300:
-                return
+                return True
             status, failure = response.status_code, f"HTTP {response.status_code}"
             retry_after = parse_retry_after((response.headers or {}).get("retry-after"))
         retryable = status is None or status == 429 or status >= 500
         if not retryable or attempt == REPLY_ATTEMPTS - 1:
             logger.warning("could not reply to %s through response_url: %s", what, failure)
-            return
+            return False
         await asyncio.sleep(min(10.0, retry_after if retry_after is not None else 0.5 * 2**attempt))
+    return False  # pragma: no cover - the loop returns on its last attempt
 
 
 def register(
@@ -57,7 +63,10 @@ def register(
     default_model: str,
     inflight: InFlight,
     allowed_channels: frozenset[str] = frozenset(),
+    metrics: Metrics | None = None,
 ) -> None:
+    metrics = metrics or Metrics()
+
     def triage(command: dict[str, Any]) -> tuple[render.Reply | None, Command | None]:
         """What to say in the ack itself (refusals, help, bad input), or the command to carry out."""
         if allowed_channels and str(command.get("channel_id") or "") not in allowed_channels:
@@ -75,10 +84,13 @@ def register(
             # Shutting down (a deploy): promise nothing this process might not live to keep.
             answer = render.render_restarting()
         if answer is not None:
+            # Help, bad input and refusals end here: their answer is the acknowledgement.
+            metrics.command(subcommand_name(command.get("text") or ""), answer.outcome)
             await ack(response_type="ephemeral", **answer.as_kwargs())
             return
         # Counted before the ack goes out, so a SIGTERM right after it still waits for the reply.
         context[TICKET] = inflight.reserve()
+        context[RECEIVED] = time.monotonic()
         await ack()
 
     async def carry_out(
@@ -108,9 +120,18 @@ def register(
             except Exception:
                 logger.exception("/finetune %s failed", type(parsed).__name__)
                 reply = render.render_internal_error()
+            metrics.command(subcommand_name(command.get("text") or ""), _outcome(reply))
             if reply is not None:
-                await send_reply(respond, reply, logger, what=f"/finetune {type(parsed).__name__}")
+                sent = await send_reply(respond, reply, logger, what=f"/finetune {type(parsed).__name__}")
+                received = context.get(RECEIVED)
+                if sent and isinstance(received, float):
+                    metrics.reply("command", time.monotonic() - received)
 
     # Bolt answers Slack as soon as `acknowledge` returns; `carry_out` runs after, as its own task
     # (a "lazy listener"), so no OpenAI latency can ever delay the acknowledgement.
     app.command(COMMAND)(ack=acknowledge, lazy=[carry_out])
+
+
+def _outcome(reply: render.Reply | None) -> render.Outcome:
+    """None: the visible message (an announcement, a form) said it all."""
+    return render.Outcome.OK if reply is None else reply.outcome

@@ -15,6 +15,7 @@ from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
 from bot import modal, render
 from bot.inflight import InFlight
 from bot.listeners.commands import send_reply
+from bot.metrics import Metrics
 from bot.runner import CommandRunner, Invocation
 
 SHORTCUT_CALLBACK = "finetune_on_file"
@@ -34,7 +35,10 @@ def register(
     *,
     inflight: InFlight,
     allowed_channels: frozenset[str] = frozenset(),
+    metrics: Metrics | None = None,
 ) -> None:
+    metrics = metrics or Metrics()
+
     async def acknowledge(ack: AsyncAck, body: dict[str, Any], context: dict[str, Any]) -> None:
         if allowed_channels and _channel_id(body) not in allowed_channels:
             context[VERDICT] = REFUSED_CHANNEL
@@ -49,6 +53,8 @@ def register(
     ) -> None:
         verdict = context.get(VERDICT)
         what = "the Fine-tune on this file shortcut"
+        if not isinstance(verdict, int):
+            metrics.action("shortcut", render.Outcome.REFUSED)
         if verdict == REFUSED_CHANNEL:
             await send_reply(respond, render.render_channel_not_allowed(allowed_channels), logger, what=what)
             return
@@ -65,14 +71,19 @@ def register(
         )
         async with inflight.track(verdict):
             found, others = modal.jsonl_files(body.get("message") or {})
+            outcome = render.Outcome.OK
             if len(found) != 1:
                 reply: render.Reply | None = render.render_shortcut_needs_one_jsonl(len(found), others)
+                outcome = render.Outcome.BAD_INPUT
             else:
                 try:
                     reply = await runner.open_create_form(invocation, preselected_upload=found[0])
                 except Exception:
                     logger.exception("%s failed", what)
                     reply = render.render_internal_error()
+                if reply is not None:
+                    outcome = reply.outcome
+            metrics.action("shortcut", outcome)
             if reply is not None:
                 await send_reply(respond, reply, logger, what=what)
 

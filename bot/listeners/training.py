@@ -14,6 +14,7 @@ from bot import render
 from bot.inflight import InFlight
 from bot.listeners.actions import REFUSED_CHANNEL, RESTARTING, VERDICT, click_of
 from bot.listeners.commands import send_reply
+from bot.metrics import Metrics
 from bot.runner import Invocation
 from bot.training_flow import TrainingFlow
 
@@ -27,7 +28,10 @@ def register(
     *,
     inflight: InFlight,
     allowed_channels: frozenset[str] = frozenset(),
+    metrics: Metrics | None = None,
 ) -> None:
+    metrics = metrics or Metrics()
+
     async def acknowledge(ack: AsyncAck, body: dict[str, Any], context: dict[str, Any]) -> None:
         click = click_of(body)
         if allowed_channels and click.channel_id not in allowed_channels:
@@ -44,6 +48,8 @@ def register(
         click = click_of(body)
         verdict = context.get(VERDICT)
         what = "the Start fine-tuning button"
+        if not isinstance(verdict, int):
+            metrics.action(TRAINING_START, render.Outcome.REFUSED)
         if verdict == REFUSED_CHANNEL:
             await send_reply(respond, render.render_channel_not_allowed(allowed_channels), logger, what=what)
             return
@@ -51,6 +57,7 @@ def register(
             await send_reply(respond, render.render_restarting(), logger, what=what)
             return
         if UPLOAD_ID.fullmatch(click.value) is None:
+            metrics.action(TRAINING_START, render.Outcome.BAD_INPUT)
             await send_reply(respond, render.render_button_broken(), logger, what=what)
             return
         invocation = Invocation(
@@ -71,6 +78,7 @@ def register(
             except Exception:
                 logger.exception("%s failed", what)
                 reply = render.render_internal_error()
+            metrics.action(TRAINING_START, render.Outcome.OK if reply is None else reply.outcome)
             if reply is not None:
                 await send_reply(respond, reply, logger, what=what)
 
