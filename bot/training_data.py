@@ -18,8 +18,10 @@ The tokenizer itself is what bounds the throughput now.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import threading
 from array import array
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -929,6 +931,38 @@ def _examples_words(count: int) -> str:
 
 def _compact(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+# Text of the kind training files hold, to build each thread's tokenizer state before a first file.
+_WARM_TEXT = (
+    "You are a helpful assistant. What's the refund policy for order #12345, placed 2024-07-18? "
+    "The answer is `x**2` → 3.00 USD; naïve café 日本語 🤖 …\n\n"
+) * 8
+
+
+def prepare(model: str) -> None:
+    """Do once what every process would otherwise do during its first check: load the vocabulary
+    (~0.5 s) and numpy, and warm each counting thread's tokenizer. tiktoken keeps a regex per thread
+    whose matching state is built lazily: a thread's first megabyte costs about 0.1 s more than the
+    next. Optional; a check works the same without it. Blocks: call it off the event loop."""
+    encoding = tokens.get_encoding(tokens.encoding_name_for_model(model))
+    import numpy  # noqa: F401 - see `_Counter._run`
+
+    separators = {tokens.ENDOFTEXT, tokens.ENDOFPROMPT}
+    encoding.encode_ordinary(_WARM_TEXT)
+    if _WORKERS == 1:
+        return
+    # One task per thread: each waits at the barrier until all have started, so no thread takes two.
+    barrier = threading.Barrier(_WORKERS)
+
+    def warm() -> None:
+        # A thread busy with a check breaks the barrier: it is warm already, or soon will be.
+        with contextlib.suppress(threading.BrokenBarrierError):
+            barrier.wait(timeout=2)
+        encoding.encode_to_numpy(_WARM_TEXT, allowed_special=separators, disallowed_special=())
+
+    for future in [_executor().submit(warm) for _ in range(_WORKERS)]:
+        future.result()
 
 
 def validate_bytes(data: bytes, chunk_size: int = 1 << 20, **kwargs: Any) -> ValidationReport:

@@ -454,3 +454,11 @@ def test_numbers_msgspec_refuses_get_json_verdicts() -> None:
         assert kinds(report)["bad_weight"] == (1, (12,))
         if shown:
             assert shown in next(p.message for p in report.problems if p.kind == "bad_weight")
+
+
+def test_prepare_is_optional_and_changes_no_count() -> None:
+    data = jsonl(good(60))
+    before = check(data)
+    training_data.prepare(MODEL)
+    training_data.prepare(MODEL)
+    assert check(data) == before
