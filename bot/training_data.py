@@ -324,7 +324,8 @@ class _Counter:
     encodes the text between special tokens independently, so each string's count is exactly its
     `encode_ordinary` count, and the separators are single tokens that are subtracted. One long
     call releases the GIL for its whole length; thousands of short ones would fight over it. A batch
-    whose text already holds either marker is counted string by string instead.
+    whose text already holds either marker (seen as more marker tokens than were put in) is counted
+    string by string instead.
     """
 
     def __init__(self, encoding_name: str) -> None:
@@ -360,12 +361,15 @@ class _Counter:
         string_sep, example_sep = tokens.ENDOFTEXT, tokens.ENDOFPROMPT
         text = example_sep.join([string_sep.join(strings) for _, _, strings, _ in batch])
         inner = [max(len(strings) - 1, 0) for _, _, strings, _ in batch]
-        if text.count(string_sep) != sum(inner) or text.count(example_sep) != len(batch) - 1:
-            return self._run_one_by_one(batch)
         import numpy  # here, not at the top: the bot's idle process never loads it (~15 MB)
 
         ids = self.encoding.encode_to_numpy(text, allowed_special=self._separators, disallowed_special=())
         ends = numpy.flatnonzero(ids == self._example_sep)
+        # A marker written in the file's own text comes out as one more marker token (no special token
+        # can straddle a marker: none holds "<|" or "|>" but at its ends). Counted on the tokens
+        # rather than searched in the text, which would cost a pass over it holding the GIL.
+        if len(ends) != len(batch) - 1 or numpy.count_nonzero(ids == self._string_sep) != sum(inner):
+            return self._run_one_by_one(batch)
         lengths = numpy.diff(ends, prepend=-1, append=len(ids)) - 1  # tokens between the markers
         count = self._count_cached
         return [
@@ -458,8 +462,16 @@ class TrainingFileValidator:
         self._bytes += len(chunk)
         if not self._sniffed:
             self._head += chunk[: 4096 - len(self._head)]
-            if len(self._head) >= 4096 or b"\n" in self._head:
+            # Judged once the first line with content is whole (blank lines before it say nothing),
+            # and no line is taken before: the verdict must not depend on where the chunks break.
+            if len(self._head) >= 4096 or b"\n" in self._head.removeprefix(_BOM).lstrip():
                 self._sniff()
+            else:
+                self._pending += chunk  # all of the file so far: less than 4096 bytes
+                return
+        self._take_data(chunk)
+
+    def _take_data(self, chunk: bytes) -> None:
         if self._refused:
             return
         if self._skipping:
@@ -869,6 +881,9 @@ class TrainingFileValidator:
             raise RuntimeError("finish() called twice")
         if not self._sniffed:
             self._sniff()
+            # What was held back for the verdict may be several lines.
+            held, self._pending = self._pending, b""
+            self._take_data(held)
         if self._pending and not self._refused:
             self._take_line(self._pending)
         self._pending = b""

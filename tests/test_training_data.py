@@ -158,6 +158,12 @@ def test_json_array() -> None:
     assert "JSON array" in report.problems[0].message
 
 
+def test_blank_lines_before_a_json_array_do_not_hide_it_whatever_the_chunks() -> None:
+    for chunk_size in (1, 2, 1 << 20):
+        report = check(b"\n\n[1, 2]\n", chunk_size=chunk_size)
+        assert list(kinds(report)) == ["json_array"]
+
+
 def test_csv() -> None:
     report = check(b"prompt,completion\nhello,world\n" * 20)
     assert list(kinds(report)) == ["csv"] and "CSV" in report.problems[0].message
