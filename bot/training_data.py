@@ -10,12 +10,18 @@ more: what a file must look like for `POST /fine_tuning/jobs` to accept it, so t
 caught here in seconds rather than by a job that fails after queueing. Token counts follow the
 cookbook's formula (3 per message + each value encoded + 1 per name + 3 per example) with the
 model's own encoding (o200k_base for current models, where the cookbook still says cl100k_base).
+
+Speed (bench/validate.py): the common line shape is decoded and checked by msgspec in C, every other
+line by the full Python checks; tokens are counted in worker threads, a batch per tokenizer call.
+The tokenizer itself is what bounds the throughput now.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import threading
 from array import array
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -23,6 +29,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
 from typing import Any, Literal
+
+import msgspec
 
 from bot import tokens
 
@@ -82,6 +90,28 @@ _SIGNATURES: tuple[tuple[bytes, str], ...] = (
     (b"\xd0\xcf\x11\xe0", "an old Office document"),
 )
 _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+
+
+# The shape nearly every supervised line has, decoded and checked in C by msgspec in one call: an
+# object with only "messages", each message only a simple role and string content. A line msgspec
+# accepts this way is one the full check below accepts with the same strings (both take the last of
+# duplicate keys); anything else (an error, a warning, a name, a weight, tools, content parts) takes
+# the full path, which stays the reference for every problem reported.
+class _FastMessage(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str
+
+
+class _FastExample(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    messages: list[_FastMessage]
+
+
+_decode_fast = msgspec.json.Decoder(_FastExample).decode
+# The full path's parser: msgspec's strict RFC 8259 parser, about twice json's speed. What it
+# refuses (NaN, Infinity, 1e400, lone surrogate escapes, invalid UTF-8, broken JSON) goes to `json`,
+# whose verdict and messages stay those reported.
+_decode_any = msgspec.json.Decoder().decode
+_DecodeErrors = (msgspec.DecodeError, msgspec.ValidationError)
 
 # What each problem means and what would work. Messages that quote the file get their excerpt
 # (≤ EXCERPT_CHARS) from the first occurrence.
@@ -294,7 +324,8 @@ class _Counter:
     encodes the text between special tokens independently, so each string's count is exactly its
     `encode_ordinary` count, and the separators are single tokens that are subtracted. One long
     call releases the GIL for its whole length; thousands of short ones would fight over it. A batch
-    whose text already holds either marker is counted string by string instead.
+    whose text already holds either marker (seen as more marker tokens than were put in) is counted
+    string by string instead.
     """
 
     def __init__(self, encoding_name: str) -> None:
@@ -330,12 +361,15 @@ class _Counter:
         string_sep, example_sep = tokens.ENDOFTEXT, tokens.ENDOFPROMPT
         text = example_sep.join([string_sep.join(strings) for _, _, strings, _ in batch])
         inner = [max(len(strings) - 1, 0) for _, _, strings, _ in batch]
-        if text.count(string_sep) != sum(inner) or text.count(example_sep) != len(batch) - 1:
-            return self._run_one_by_one(batch)
         import numpy  # here, not at the top: the bot's idle process never loads it (~15 MB)
 
         ids = self.encoding.encode_to_numpy(text, allowed_special=self._separators, disallowed_special=())
         ends = numpy.flatnonzero(ids == self._example_sep)
+        # A marker written in the file's own text comes out as one more marker token (no special token
+        # can straddle a marker: none holds "<|" or "|>" but at its ends). Counted on the tokens
+        # rather than searched in the text, which would cost a pass over it holding the GIL.
+        if len(ends) != len(batch) - 1 or numpy.count_nonzero(ids == self._string_sep) != sum(inner):
+            return self._run_one_by_one(batch)
         lengths = numpy.diff(ends, prepend=-1, append=len(ids)) - 1  # tokens between the markers
         count = self._count_cached
         return [
@@ -379,6 +413,9 @@ class TrainingFileValidator:
         self.encoding_name = tokens.encoding_name_for_model(model)
         self.context = training_context_tokens(model)
         self._counter = _Counter(self.encoding_name)
+        self._fast = method == "supervised"
+        # 3 per message plus its role's own tokens (the cookbook's formula, as in `_fixed_tokens`).
+        self._message_tokens = {role: 3 + n for role, n in self._counter.role_tokens.items()}
         self._problems: dict[str, _Problem] = {}
         self._line_kinds: set[str] = set()
         self._line = 0
@@ -425,8 +462,16 @@ class TrainingFileValidator:
         self._bytes += len(chunk)
         if not self._sniffed:
             self._head += chunk[: 4096 - len(self._head)]
-            if len(self._head) >= 4096 or b"\n" in self._head:
+            # Judged once the first line with content is whole (blank lines before it say nothing),
+            # and no line is taken before: the verdict must not depend on where the chunks break.
+            if len(self._head) >= 4096 or b"\n" in self._head.removeprefix(_BOM).lstrip():
                 self._sniff()
+            else:
+                self._pending += chunk  # all of the file so far: less than 4096 bytes
+                return
+        self._take_data(chunk)
+
+    def _take_data(self, chunk: bytes) -> None:
         if self._refused:
             return
         if self._skipping:
@@ -472,6 +517,16 @@ class TrainingFileValidator:
 
     def _take_line(self, raw: bytes) -> None:
         self._start_line()
+        # CR and length are a warning and an error of their own, left to the full path (as is a BOM,
+        # which msgspec refuses).
+        if self._fast and len(raw) <= MAX_LINE_BYTES and not raw.endswith(b"\r"):
+            try:
+                example = _decode_fast(raw)
+            except _DecodeErrors:
+                pass
+            else:
+                if self._take_fast(example):
+                    return
         if raw.endswith(b"\r"):
             raw = raw[:-1]
             self._add("crlf")
@@ -486,22 +541,11 @@ class TrainingFileValidator:
             self._add("line_too_long")
             return
         try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as error:
-            self._add("invalid_utf8", f"byte {error.start + 1} of the line")
-            return
-        try:
-            value = json.loads(text)
-        except (ValueError, RecursionError) as error:
-            if self._line == 1 and self._first_line_not_json(text):
+            value = _decode_any(raw)
+        except _DecodeErrors:
+            value = self._decode_lenient(raw)
+            if value is None:
                 return
-            detail = (
-                f"{error.msg} at column {error.colno}"
-                if isinstance(error, json.JSONDecodeError)
-                else "too deep"
-            )
-            self._add("invalid_json", detail)
-            return
         if not isinstance(value, dict):
             self._add("not_object", _kind_of(value))
             return
@@ -509,6 +553,59 @@ class TrainingFileValidator:
             self._check_dpo(value)
         else:
             self._check_supervised(value)
+
+    def _decode_lenient(self, raw: bytes) -> Any:
+        """What `json` makes of a line msgspec refused: the problem recorded and None, or the value."""
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            self._add("invalid_utf8", f"byte {error.start + 1} of the line")
+            return None
+        try:
+            value = json.loads(text)
+        except (ValueError, RecursionError) as error:
+            if self._line == 1 and self._first_line_not_json(text):
+                return None
+            detail = (
+                f"{error.msg} at column {error.colno}"
+                if isinstance(error, json.JSONDecodeError)
+                else "too deep"
+            )
+            self._add("invalid_json", detail)
+            return None
+        try:
+            # `json` accepts an escaped lone surrogate ("\ud800"), which no UTF-8 text can hold:
+            # OpenAI cannot read it, and the tokenizer would raise on it.
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as error:
+            self._add("invalid_utf8", f"an escaped lone surrogate \\u{ord(error.object[error.start]):04x}")
+            return None
+        return value
+
+    def _take_fast(self, example: _FastExample) -> bool:
+        """Count a line of the common shape; False (nothing recorded) when it needs the full check."""
+        messages = example.messages
+        strings: list[str] = []
+        cached: list[str] = []
+        fixed = 3
+        assistant = False
+        costs = self._message_tokens
+        for message in messages:
+            role = message.role
+            fixed += costs[role]
+            if role == "assistant":
+                assistant = True
+                strings.append(message.content)
+            elif role in _CACHE_ROLES:
+                cached.append(message.content)
+            else:
+                strings.append(message.content)
+        if not assistant:  # also an empty list: both are errors
+            return False
+        self._examples += 1
+        self._counter.add(self._line, fixed, strings, cached)
+        self._drain()
+        return True
 
     def _first_line_not_json(self, text: str) -> bool:
         """A first line that is not JSON at all means the whole file is something else."""
@@ -784,6 +881,9 @@ class TrainingFileValidator:
             raise RuntimeError("finish() called twice")
         if not self._sniffed:
             self._sniff()
+            # What was held back for the verdict may be several lines.
+            held, self._pending = self._pending, b""
+            self._take_data(held)
         if self._pending and not self._refused:
             self._take_line(self._pending)
         self._pending = b""
@@ -846,6 +946,38 @@ def _examples_words(count: int) -> str:
 
 def _compact(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+# Text of the kind training files hold, to build each thread's tokenizer state before a first file.
+_WARM_TEXT = (
+    "You are a helpful assistant. What's the refund policy for order #12345, placed 2024-07-18? "
+    "The answer is `x**2` → 3.00 USD; naïve café 日本語 🤖 …\n\n"
+) * 8
+
+
+def prepare(model: str) -> None:
+    """Do once what every process would otherwise do during its first check: load the vocabulary
+    (~0.5 s) and numpy, and warm each counting thread's tokenizer. tiktoken keeps a regex per thread
+    whose matching state is built lazily: a thread's first megabyte costs about 0.1 s more than the
+    next. Optional; a check works the same without it. Blocks: call it off the event loop."""
+    encoding = tokens.get_encoding(tokens.encoding_name_for_model(model))
+    import numpy  # noqa: F401 - see `_Counter._run`
+
+    separators = {tokens.ENDOFTEXT, tokens.ENDOFPROMPT}
+    encoding.encode_ordinary(_WARM_TEXT)
+    if _WORKERS == 1:
+        return
+    # One task per thread: each waits at the barrier until all have started, so no thread takes two.
+    barrier = threading.Barrier(_WORKERS)
+
+    def warm() -> None:
+        # A thread busy with a check breaks the barrier: it is warm already, or soon will be.
+        with contextlib.suppress(threading.BrokenBarrierError):
+            barrier.wait(timeout=2)
+        encoding.encode_to_numpy(_WARM_TEXT, allowed_special=separators, disallowed_special=())
+
+    for future in [_executor().submit(warm) for _ in range(_WORKERS)]:
+        future.result()
 
 
 def validate_bytes(data: bytes, chunk_size: int = 1 << 20, **kwargs: Any) -> ValidationReport:

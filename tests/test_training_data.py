@@ -8,10 +8,12 @@ import json
 import zipfile
 from typing import Any
 
+import msgspec
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bot import tokens
+from bot import tokens, training_data
 from bot.training_data import (
     MAX_LINE_BYTES,
     TrainingFileValidator,
@@ -154,6 +156,12 @@ def test_json_array() -> None:
     report = check(json.dumps(good(20), indent=2).encode())
     assert not report.ok and list(kinds(report)) == ["json_array"]
     assert "JSON array" in report.problems[0].message
+
+
+def test_blank_lines_before_a_json_array_do_not_hide_it_whatever_the_chunks() -> None:
+    for chunk_size in (1, 2, 1 << 20):
+        report = check(b"\n\n[1, 2]\n", chunk_size=chunk_size)
+        assert list(kinds(report)) == ["json_array"]
 
 
 def test_csv() -> None:
@@ -350,3 +358,113 @@ def test_arbitrary_bytes_never_crash(data: bytes) -> None:
     report = check(data)
     assert report.bytes_read == len(data)
     assert report.ok == (not report.errors and report.examples >= 10)
+
+
+# ------------------------------------------------------------------------------ fast path vs full path
+
+
+def _refuse(raw: bytes) -> Any:
+    raise msgspec.DecodeError("refused: the reference path parses with json")
+
+
+def reference(data: bytes) -> ValidationReport:
+    """The report with msgspec out of the way: every line decoded by `json` and fully checked."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(training_data, "_decode_any", _refuse)
+        validator = TrainingFileValidator(filename="train.jsonl", model=MODEL)
+        validator._fast = False
+        validator.feed(data)
+        return validator.finish()
+
+
+_any_role = st.sampled_from(["system", "developer", "user", "assistant", "tool", "robot", 7])
+_content = st.one_of(
+    _text,
+    st.none(),
+    st.integers(-1, 2),
+    st.lists(st.fixed_dictionaries({"type": st.just("text"), "text": _text}), max_size=2),
+)
+_extras = st.fixed_dictionaries(
+    {},
+    optional={
+        "name": st.one_of(_text, st.integers()),
+        "weight": st.sampled_from([0, 1, 2, 1.0, True]),
+        "tool_call_id": _text,
+        "surprise": st.just(1),
+    },
+)
+_any_message = st.one_of(
+    st.builds(
+        lambda role, content, extra: {"role": role, "content": content, **extra}, _any_role, _content, _extras
+    ),
+    st.fixed_dictionaries({"content": _text}),
+    st.just("not a message"),
+)
+_any_example = st.one_of(
+    _good_example,
+    st.builds(lambda ms: {"messages": ms}, st.lists(_any_message, max_size=4)),
+    st.builds(lambda ms: {"messages": ms, "extra": 1}, st.lists(_message, max_size=3)),
+    st.fixed_dictionaries({"prompt": _text, "completion": _text}),
+)
+# Lines where json and msgspec part ways (NaN, 1e400, lone surrogates, big integers) or where the
+# last of duplicate keys wins; and lines msgspec's fast shape would accept but that carry a warning.
+_tricky_line = st.sampled_from(
+    [
+        b'{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "\\ud800"}]}',
+        b'{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "\\udc00 x"}]}',
+        b'{"messages": [{"role": "assistant", "content": "a", "weight": NaN}]}',
+        b'{"messages": [{"role": "assistant", "content": "a", "weight": 1e400}]}',
+        b'{"messages": [{"role": "assistant", "content": "a", "weight": 123456789012345678901234567890}]}',
+        b'{"messages": [{"role": "assistant", "content": "a", "content": 3}]}',
+        b'{"messages": [{"role": "assistant", "content": 3, "content": "a"}]}',
+        b'{"messages": 3, "messages": [{"role": "assistant", "content": "a"}]}',
+        b'{"messages": [{"role": "assistant", "content": "a"}]}\r',
+        b'\xef\xbb\xbf{"messages": [{"role": "assistant", "content": "a"}]}',
+        b'  {"messages": [{"role": "assistant", "content": "a"}]}  ',
+        b'{"messages": [{"role": "assistant", "content": "a"}]} {"messages": []}',
+        b'{"messages": [{"role": "us\\u0065r", "content": "a"}, {"role": "assistant", "content": "b"}]}',
+        b'{"messages": [{"role": "assistant", "content": "\xff"}]}',
+    ]
+)
+
+
+@st.composite
+def mixed_files(draw: st.DrawFn) -> bytes:
+    lines = [
+        json.dumps(e, ensure_ascii=draw(st.booleans())).encode()
+        for e in draw(st.lists(_any_example, max_size=15))
+    ]
+    for _ in range(draw(st.integers(0, 4))):
+        lines.insert(draw(st.integers(0, len(lines))), draw(_tricky_line))
+    return b"\n".join(lines) + b"\n"
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mixed_files())
+def test_the_fast_path_reports_exactly_what_the_full_path_does(data: bytes) -> None:
+    assert check(data) == reference(data)
+
+
+def test_an_escaped_lone_surrogate_is_reported_not_a_crash() -> None:
+    bad = b'{"messages": [{"role": "user", "content": "\\ud83e"}, {"role": "assistant", "content": "x"}]}'
+    report = check(with_line(None, 12).replace(b"null", bad))
+    assert kinds(report)["invalid_utf8"] == (1, (12,))
+    assert "\\ud83e" in next(p.message for p in report.problems if p.kind == "invalid_utf8")
+    assert report.tokens is not None and report.tokens.examples == 59
+
+
+def test_numbers_msgspec_refuses_get_json_verdicts() -> None:
+    start = b'{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "weight":'
+    for weight, shown in ((b"NaN", '"NaN"'), (b"1e400", '"Infinity"'), (b"12345678901234567890123", None)):
+        report = check(with_line(None, 12).replace(b"null", start + weight + b"}]}"))
+        assert kinds(report)["bad_weight"] == (1, (12,))
+        if shown:
+            assert shown in next(p.message for p in report.problems if p.kind == "bad_weight")
+
+
+def test_prepare_is_optional_and_changes_no_count() -> None:
+    data = jsonl(good(60))
+    before = check(data)
+    training_data.prepare(MODEL)
+    training_data.prepare(MODEL)
+    assert check(data) == before
