@@ -250,6 +250,24 @@ def _header_fields(job: FineTuningJob, now: int) -> list[tuple[str, str]]:
     return pairs
 
 
+# (user id, when in epoch seconds, action) of the last cancel or pause, from the audit trail.
+ChangedBy = tuple[str, int, str]
+# The action that leaves a job in each status, and how the card says who did it.
+CHANGED_BY_ACTION = {"cancelled": "cancel", "paused": "pause"}
+_CHANGED_BY_WORDS = {"cancel": "Cancelled by", "pause": "Paused by"}
+
+
+def changed_by_line(status: str, changed_by: ChangedBy | None) -> str | None:
+    """"Cancelled by <@U1> 14:02" (a Slack date token: each reader's time zone), only when the job
+    is in the state that action leaves it in (a resumed job no longer says who paused it)."""
+    if changed_by is None:
+        return None
+    user_id, at, action = changed_by
+    if CHANGED_BY_ACTION.get(status) != action:
+        return None
+    return f"{_CHANGED_BY_WORDS[action]} {_mention(user_id)} {date_token(at, '{time}')}"
+
+
 def render_card(
     job: FineTuningJob,
     user_id: str,
@@ -257,9 +275,12 @@ def render_card(
     *,
     progress: Progress | None = None,
     origin: str = "create",
+    changed_by: ChangedBy | None = None,
 ) -> Reply:
     """The card: who and what, the status, then progress (running) or the final state (ended),
-    then the job's buttons. Everything from OpenAI or a user is escaped by the render helpers."""
+    then the job's buttons. Everything from OpenAI or a user is escaped by the render helpers.
+    `changed_by`: who cancelled or paused the job and when (from the audit trail), shown while
+    the job's status is that action's."""
     who = _mention(user_id)
     if origin == "watch":
         lead = f"{who} is following fine-tuning job {_code(job.id)} in this channel"
@@ -273,6 +294,9 @@ def render_card(
         blocks += _fields(_running_fields(job, progress, now))
     elif job.is_terminal:
         blocks += _ended_blocks(job)
+    line = changed_by_line(job.status, changed_by)
+    if line is not None:
+        blocks.append(_section(line))
     if ids.is_job_id(job.id):
         # A button whose value is not a job id could do nothing when clicked.
         blocks.append(job_actions(job))

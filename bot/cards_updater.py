@@ -26,7 +26,16 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 )
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.card import Candidate, Progress, card_digest, cards_to_edit, progress_from_events, render_card
+from bot.card import (
+    CHANGED_BY_ACTION,
+    Candidate,
+    ChangedBy,
+    Progress,
+    card_digest,
+    cards_to_edit,
+    progress_from_events,
+    render_card,
+)
 from bot.crash import crash_point
 from bot.metrics import MeteredWebClient, Metrics
 from bot.models import FineTuningJob
@@ -263,7 +272,10 @@ class CardEditor:
         else:
             changed = digest != watch.card_digest
         now = self._clock()
-        reply = render_card(job, watch.user_id, int(now), progress=progress, origin=watch.origin)
+        changed_by = await self._changed_by(job)
+        reply = render_card(
+            job, watch.user_id, int(now), progress=progress, origin=watch.origin, changed_by=changed_by
+        )
         assert watch.announcement_ts is not None
         self._budget.spend()
         await self._slack.chat_update(channel=watch.channel_id, ts=watch.announcement_ts, **reply.as_kwargs())
@@ -272,6 +284,19 @@ class CardEditor:
         if wanted is not None and wanted.candidate.digest == digest and not wanted.candidate.final:
             del self._wanted[watch.id]  # this click already showed it
         return changed
+
+    async def _changed_by(self, job: FineTuningJob) -> ChangedBy | None:
+        """Who cancelled or paused the job, from the audit trail: asked only of a job in that
+        state (one indexed query). The card goes out without it if the database fails."""
+        action = CHANGED_BY_ACTION.get(job.status)
+        if action is None:
+            return None
+        try:
+            row = await asyncio.to_thread(self._store.last_audited, job.id, action)
+        except Exception as error:
+            log.warning("could not read who changed %s: %s", job.id[:100], type(error).__name__)
+            return None
+        return None if row is None else (row.user_id, int(row.at), row.action)
 
     # -- editing --------------------------------------------------------------------------------
 
@@ -315,7 +340,12 @@ class CardEditor:
         """Edit one card; False when Slack says to slow down."""
         watch, now = wanted.watch, self._clock()
         reply = render_card(
-            wanted.job, watch.user_id, int(now), progress=wanted.progress, origin=watch.origin
+            wanted.job,
+            watch.user_id,
+            int(now),
+            progress=wanted.progress,
+            origin=watch.origin,
+            changed_by=await self._changed_by(wanted.job),
         )
         assert watch.announcement_ts is not None
         if wanted.candidate.final:

@@ -139,6 +139,13 @@ class ReportCommand:
 
 
 @dataclass(frozen=True)
+class HistoryCommand:
+    """A job's audit trail (who cancelled, paused, watched it…), for admins and its starter."""
+
+    job_id: str
+
+
+@dataclass(frozen=True)
 class WatchCommand:
     """Follow a job in this channel; without an id, list what this channel follows."""
 
@@ -164,6 +171,7 @@ Command = (
     | ResumeCommand
     | CheckpointsCommand
     | ReportCommand
+    | HistoryCommand
     | WatchCommand
     | UnwatchCommand
 )
@@ -192,6 +200,7 @@ USAGE = {
     "resume": "resume <job-id>",
     "checkpoints": "checkpoints <job-id> [limit=N]",
     "report": "report <job-id>",
+    "history": "history <job-id>",
     "watch": "watch [<job-id>]",
     "unwatch": "unwatch <job-id>",
 }
@@ -208,6 +217,7 @@ EXAMPLES = {
     "resume": "resume ftjob-abc123",
     "checkpoints": "checkpoints ftjob-abc123 limit=5",
     "report": "report ftjob-abc123",
+    "history": "history ftjob-abc123",
     "watch": "watch ftjob-abc123",
     "unwatch": "unwatch ftjob-abc123",
 }
@@ -236,6 +246,8 @@ _ALIASES = {
     "ckpt": "checkpoints",
     "report": "report",
     "chart": "report",
+    "history": "history",
+    "audit": "history",
     "watch": "watch",
     "follow": "watch",
     "unwatch": "unwatch",
@@ -290,7 +302,8 @@ def parse_command(text: str, *, default_model: str) -> Command | ParseError:
         return _parse_validate(args, default_model)
     if name == "watch" and not args:
         return WatchCommand()
-    # get / events / cancel / pause / resume / checkpoints / report / watch / unwatch: one job id.
+    # get / events / cancel / pause / resume / checkpoints / report / history / watch / unwatch:
+    # one job id.
     allowed = ("limit",) if name in ("events", "checkpoints") else ()
     positional, options = _split(args, name, allowed)
     if isinstance(options, ParseError):
@@ -311,6 +324,8 @@ def parse_command(text: str, *, default_model: str) -> Command | ParseError:
         return limit if isinstance(limit, ParseError) else CheckpointsCommand(job_id, limit)
     if name == "report":
         return ReportCommand(job_id)
+    if name == "history":
+        return HistoryCommand(job_id)
     if name == "watch":
         return WatchCommand(job_id)
     if name == "unwatch":

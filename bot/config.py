@@ -42,6 +42,9 @@ class Settings:
     host: str = "0.0.0.0"
     port: int = 3000
     log_level: str = "INFO"
+    log_format: str = "plain"  # plain text, or json: one JSON object per line (bot/logs.py)
+    # Audit rows (bot/audit.py) older than this are deleted by the poll cycle.
+    audit_retention_days: int = 90
     openai_timeout_seconds: float = 15.0
     openai_max_connections: int = 20
     poll_concurrency: int = 8
@@ -227,6 +230,11 @@ def load_settings(env: Mapping[str, str]) -> Settings | list[str]:
         # Echo what the operator typed, not our upper-cased copy of it.
         problems.append(f"LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, got {typed_level!r}")
 
+    log_format = (text("LOG_FORMAT") or "plain").lower()
+    if log_format not in ("plain", "json"):
+        problems.append(f"LOG_FORMAT must be plain or json, got {log_format[:40]!r}")
+        log_format = "plain"
+
     metrics_token = text("METRICS_TOKEN")
     if metrics_token is not None and len(metrics_token) < MIN_METRICS_TOKEN:
         problems.append(
@@ -260,6 +268,8 @@ def load_settings(env: Mapping[str, str]) -> Settings | list[str]:
         host=text("HOST") or "0.0.0.0",
         port=port,
         log_level=log_level,
+        log_format=log_format,
+        audit_retention_days=int(number("AUDIT_RETENTION_DAYS", 90, 1, 3650, integer=True)),
         openai_timeout_seconds=number("OPENAI_TIMEOUT_SECONDS", 15.0, 1, 120),
         openai_max_connections=int(number("OPENAI_MAX_CONNECTIONS", 20, 1, 1000, integer=True)),
         poll_concurrency=int(number("POLL_CONCURRENCY", 8, 1, 100, integer=True)),

@@ -14,14 +14,23 @@ Bolt, slack_sdk, httpx, asyncio, uvicorn) before it reaches the handler:
 The same masking guards what goes to Slack: `configure_logging` also installs the secrets for
 `redact` / `redact_value`, which every message passes through on its way out (`render.Reply`),
 so an OpenAI error that quotes the key is as harmless in a reply as in a log line.
+
+`LOG_FORMAT=json` writes one JSON object per line instead (`JsonFormatter`): time, level, logger,
+message, the exception if any, and the context of the request or job being handled (`log_context`,
+set with `contextvars` at the edges: listeners, poller, notifier), so no log call has to name it.
+The same filters apply, to every field: the context is masked like the message.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import json
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 REDACTED = "[redacted]"
@@ -70,6 +79,63 @@ def install_secrets(secrets: Iterable[str]) -> None:
     _redactor = Redactor(secrets)
 
 
+# -- context: what a log line is about, set at the edges ------------------------------------------
+
+# The fields a JSON line may carry besides time/level/logger/message (unknown names are ignored,
+# so a typo cannot add an unbounded field): the subcommand or action, the job, the Slack channel
+# and user, and Slack's id of the request (its trigger_id: the same on every redelivery, and the
+# key of a create; see README "Logs").
+CONTEXT_FIELDS = ("command", "job_id", "channel", "user", "slack_request")
+CONTEXT_ATTRIBUTE = "finetune_context"
+MAX_CONTEXT_VALUE = 200
+_context: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar("finetune_log_context")
+# This process (the bot's owner id, the same on its leases and heartbeats); set once at start.
+_replica = ""
+
+
+def set_replica(replica: str) -> None:
+    global _replica
+    _replica = replica
+
+
+def current_context() -> dict[str, str]:
+    return dict(_context.get({}))
+
+
+def bind_context(**fields: str | None) -> contextvars.Token[dict[str, str]]:
+    """Add `fields` to the context of everything logged from here in this task (and the tasks it
+    starts); None or empty leaves a field out. Returns the token `unbind_context` takes."""
+    merged = dict(_context.get({}))
+    for name, value in fields.items():
+        if name in CONTEXT_FIELDS and value:
+            merged[name] = one_line(str(value), MAX_CONTEXT_VALUE)
+    return _context.set(merged)
+
+
+def unbind_context(token: contextvars.Token[dict[str, str]]) -> None:
+    _context.reset(token)
+
+
+@contextlib.contextmanager
+def log_context(**fields: str | None) -> Iterator[None]:
+    token = bind_context(**fields)
+    try:
+        yield
+    finally:
+        unbind_context(token)
+
+
+class AddContext(logging.Filter):
+    """Copies the current context (and the replica) onto the record, before the secret filter."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        context = dict(_context.get({}))
+        if _replica:
+            context["replica"] = _replica
+        setattr(record, CONTEXT_ATTRIBUTE, context)
+        return True
+
+
 class RedactSecrets(logging.Filter):
     def __init__(self, secrets: Iterable[str]) -> None:
         super().__init__()
@@ -87,6 +153,12 @@ class RedactSecrets(logging.Filter):
             record.msg, record.args = redacted, None
         if record.exc_text:
             record.exc_text = self.redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = self.redact(record.stack_info)
+        # The context is written as fields of its own (LOG_FORMAT=json): masked like the message.
+        context = getattr(record, CONTEXT_ATTRIBUTE, None)
+        if context:
+            setattr(record, CONTEXT_ATTRIBUTE, {k: self.redact(v) for k, v in context.items()})
         return True
 
 
@@ -163,13 +235,44 @@ class RateLimit(logging.Filter):
             self._seen = {k: v for k, v in self._seen.items() if now - v[0] < self.window}
 
 
-def configure_logging(level: str, secrets: Iterable[str]) -> None:
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line. `json.dumps` escapes every control character (and, with ASCII
+    output, U+2028/U+2029 too), so nothing in a message, context value or traceback can end the
+    line early: the traceback is one string field whose line breaks are `\\n` escapes."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for name, value in (getattr(record, CONTEXT_ATTRIBUTE, None) or {}).items():
+            entry.setdefault(name, value)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            entry["exception"] = record.exc_text
+        if record.stack_info:
+            entry["stack"] = record.stack_info
+        return json.dumps(entry, ensure_ascii=True, default=str)
+
+
+LOG_FORMATS = ("plain", "json")
+
+
+def configure_logging(level: str, secrets: Iterable[str], log_format: str = "plain") -> None:
     secrets = list(secrets)
     install_secrets(secrets)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    # Order matters: secrets are masked before a message is cut, so no part of one survives.
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    # Order matters: the context is attached before secrets are masked (so it is masked too), and
+    # secrets are masked before a message is cut, so no part of one survives.
     handler.addFilter(QuietLibraries())
+    handler.addFilter(AddContext())
     handler.addFilter(RedactSecrets(secrets))
     handler.addFilter(OneLine())
     handler.addFilter(RateLimit())

@@ -32,7 +32,8 @@ Optional: SLACK_API_URL, OPENAI_BASE_URL, OPENAI_ORGANIZATION, OPENAI_PROJECT, D
 DATABASE_URL (default sqlite:///finetune-bot.db; postgresql://… for replicas),
 DATABASE_WAIT_SECONDS (30), POLL_INTERVAL_SECONDS (30), POLL_CONCURRENCY (8),
 OPENAI_WEBHOOK_SECRET, RECONCILE_INTERVAL_SECONDS (300), PORT (3000), HOST (0.0.0.0),
-LOG_LEVEL (INFO), OPENAI_TIMEOUT_SECONDS (15), OPENAI_MAX_CONNECTIONS (20),
+LOG_LEVEL (INFO), LOG_FORMAT (plain; or json: one JSON object per line),
+AUDIT_RETENTION_DAYS (90), OPENAI_TIMEOUT_SECONDS (15), OPENAI_MAX_CONNECTIONS (20),
 SHUTDOWN_GRACE_SECONDS (25), CARD_UPDATE_SECONDS (30), CARD_EDITS_PER_MINUTE (40),
 FINETUNE_ADMINS, FINETUNE_ALLOWED_CHANNELS, FINETUNE_READ_ACCESS (channel),
 FINETUNE_MAX_UPLOAD_MB (512), FINETUNE_TRAINING_PRICES (built-in table; e.g.
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = load_settings(os.environ)
     if isinstance(settings, list):
         return refuse(settings)
-    configure_logging(settings.log_level, settings.secrets())
+    configure_logging(settings.log_level, settings.secrets(), settings.log_format)
     if args.check:
         return run_check(settings)
     # From here the settings are the one source of configuration: Bolt would otherwise read

@@ -64,7 +64,8 @@ RESULTS = frozenset({"ok", "refused", "bad_input", "openai_error", "error"})
 SUBCOMMANDS = frozenset(
     {
         "help", "create", "list", "get", "files", "validate", "events", "cancel", "pause",
-        "resume", "checkpoints", "report", "watch", "unwatch",
+        "resume", "checkpoints", "report", "history", "watch",
+        "unwatch",
     }
 )  # fmt: skip
 # Buttons (bot/buttons.py), the create form's submission and file menu, the message shortcut, and

@@ -26,6 +26,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot import render
 from bot.crash import crash_point
+from bot.logs import log_context
 from bot.models import FineTuningJob
 from bot.runner import CHANNEL_REFUSED
 from bot.store import OutboxItem, Store, Watch
@@ -136,6 +137,10 @@ class Notifier:
 
     async def _deliver_safely(self, item: OutboxItem, watch: Watch) -> int:
         """Deliver one notification; any failure defers it (with backoff), never blocks the rest."""
+        with log_context(job_id=item.job_id, channel=watch.channel_id):
+            return await self._deliver_logged(item, watch)
+
+    async def _deliver_logged(self, item: OutboxItem, watch: Watch) -> int:
         try:
             return 1 if await self._deliver(item, watch) else 0
         except Exception as error:  # one bad notification must never block the rest

@@ -18,7 +18,9 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from bot import ids
+from bot.audit import AuditRetention
 from bot.cards_updater import CardEditor
+from bot.logs import bind_context, log_context
 from bot.models import FineTuningJob
 from bot.notifier import Notifier, crash_point
 from bot.openai_client import FineTuningClient, NotFoundError, OpenAIError
@@ -53,8 +55,10 @@ class Poller:
         single_process: bool = False,
         reconcile_creates: Callable[[], Awaitable[int]] | None = None,
         cards: CardEditor | None = None,
+        audit_retention: AuditRetention | None = None,
     ) -> None:
         self._cards = cards
+        self._audit_retention = audit_retention
         # Until the first catch-up succeeds: final card edits a stopped process still owed.
         self._cards_caught_up = cards is None
         self._reconcile_creates = reconcile_creates
@@ -94,6 +98,8 @@ class Poller:
         elif self._cards is not None:
             # Nothing watched, but a final card whose edit failed may still be owed: retry it.
             await self._cards.flush()
+        if self._audit_retention is not None:
+            await self._audit_retention.maybe_purge()  # at most hourly; never raises
 
     async def _catch_up_cards(self) -> None:
         """Once per process, after the outcomes are queued: cards of jobs that ended (and were
@@ -168,6 +174,7 @@ class Poller:
         semaphore = asyncio.Semaphore(self._concurrency)
 
         async def retrieve(job_id: str) -> None:
+            bind_context(job_id=job_id)  # this task's own context: its log lines name the job
             if not ids.is_job_id(job_id):
                 # Stored from a malformed response, say: no request can ever reach it, so it ends
                 # like a job OpenAI no longer has instead of failing every cycle.
@@ -201,6 +208,10 @@ class Poller:
         return written
 
     async def _apply_one(self, watch: Watch, report: StatusReport) -> int:
+        with log_context(job_id=watch.job_id, channel=watch.channel_id):
+            return await self._apply_job(watch, report)
+
+    async def _apply_job(self, watch: Watch, report: StatusReport) -> int:
         job = report.jobs.get(watch.job_id)
         if job is not None:
             if job.is_terminal:

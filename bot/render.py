@@ -8,7 +8,7 @@ Kit limits (a message that breaks them is rejected whole with `invalid_blocks`).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -70,6 +70,7 @@ _DESCRIPTIONS = {
     "resume": "resume a paused job",
     "checkpoints": "list a job's checkpoints (their model names can be used like any model)",
     "report": "post a job's loss chart and scorecard (in its thread when this channel has its card)",
+    "history": "show who did what to a job (for admins and the person who started it)",
     "watch": "follow a job's outcome in this channel (no id: list what this channel follows)",
     "unwatch": "stop following a job here",
 }
@@ -514,6 +515,42 @@ def _checkpoint_line(checkpoint: Checkpoint) -> str:
         parts.append(date_token(checkpoint.created_at, "{date_short} {time}"))
     # A code span on its own line: one click selects the whole model name to copy.
     return " · ".join(parts) + "\n" + _code(checkpoint.fine_tuned_model_checkpoint, NAME_CHARS + 50)
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One row of a job's audit trail, as `render_history` shows it."""
+
+    at: int
+    user_id: str
+    channel_id: str
+    action: str
+    result: str
+    reason: str | None = None
+
+
+_RESULT_MARKS = {"ok": ":white_check_mark:", "refused": ":no_entry:", "failed": ":x:"}
+
+
+def render_history(job_id: str, entries: Sequence[HistoryEntry], *, limit: int) -> Reply:
+    """A job's audit trail, newest first (as given), every value from the database escaped."""
+    if not entries:
+        text = f"No recorded actions on {_clip(job_id, ID_CHARS)}."
+        return _reply(text, [_section(f"No recorded actions on {_code(job_id)}.")])
+    lines = []
+    for entry in entries:
+        channel = f"<#{entry.channel_id}>" if _CHANNEL_ID.fullmatch(entry.channel_id) else "—"
+        why = f" ({_clip(entry.reason, 200)})" if entry.reason else ""
+        mark = _RESULT_MARKS.get(entry.result, ":grey_question:")
+        lines.append(
+            f"{mark} {date_token(entry.at)} {_mention(entry.user_id)} *{_clip(entry.action, 40)}* "
+            f"in {channel}: {_clip(entry.result, 20)}{why}"
+        )
+    head = f"*Audit trail of {_code(job_id)}*, newest first"
+    if len(entries) >= limit:
+        head += f" (the last {limit})"
+    blocks = [_section(chunk) for chunk in _chunk([head, *lines])]
+    return _reply(f"Audit trail of {_clip(job_id, ID_CHARS)}: {len(entries)} action(s)", blocks)
 
 
 def render_report_posted(job_id: str, *, in_thread: bool) -> Reply:

@@ -32,6 +32,7 @@ from bot.access import (
     may_read,
     visible_metadata,
 )
+from bot.audit import Action, AuditEntry, Auditor, Result
 from bot.commands import (
     CancelCommand,
     CheckpointsCommand,
@@ -41,6 +42,7 @@ from bot.commands import (
     FilesCommand,
     GetCommand,
     HelpCommand,
+    HistoryCommand,
     ListCommand,
     OpenCreateFormCommand,
     PauseCommand,
@@ -78,6 +80,8 @@ ANNOUNCEMENT_EVENT = "finetune_announcement"
 # at most this many per list, so that a rare status cannot cost an unbounded number of requests.
 LIST_PAGE_SIZE = 100
 LIST_FILTER_REQUESTS = 3
+# `history`: the newest this many audit rows of a job.
+HISTORY_ROWS = 20
 # The status each action needs (anything else: answer with the job's current state instead).
 ACTION_NEEDS: dict[str, Callable[[str], bool]] = {
     "cancel": lambda status: status not in TERMINAL_STATUSES,
@@ -175,6 +179,10 @@ def create_request(command: CreateCommand, invocation: Invocation, key: str) -> 
     }
 
 
+def _openai_reason(error: OpenAIError) -> str:
+    return f"OpenAI {error.status or type(error).__name__}" + (f" {error.code}" if error.code else "")
+
+
 def invocation_of(pending: PendingCreate) -> Invocation:
     return Invocation(
         team_id=pending.team_id,
@@ -203,8 +211,10 @@ class CommandRunner:
         show_card: ShowCard | None = None,
         reporter: Reporter | None = None,
         default_model: str = DEFAULT_MODEL,
+        auditor: Auditor | None = None,
     ) -> None:
         self._openai = openai
+        self._auditor = auditor or Auditor(store, clock=clock)
         self._default_model = default_model  # preselected in the create form
         self._reporter = reporter
         self._training: TrainingFlow | None = None
@@ -267,6 +277,8 @@ class CommandRunner:
                 return render.render_checkpoints(job_id, checkpoints.data, checkpoints.has_more)
             case ReportCommand(job_id=job_id):
                 return await self._report(job_id, invocation)
+            case HistoryCommand(job_id=job_id):
+                return await self._history(job_id, invocation)
             case CreateCommand():
                 return await self._create(command, invocation)
             case OpenCreateFormCommand():
@@ -501,20 +513,36 @@ class CommandRunner:
 
     async def _act(self, action: str, job_id: str, invocation: Invocation) -> ActionResult:
         """Read policy first, then who may change the job (the starter or an admin), then its
-        current status: nothing is sent to OpenAI for a refused or pointless request."""
+        current status: nothing is sent to OpenAI for a refused or pointless request. Whatever it
+        comes to is audited."""
+        kind = Action(action)
+        try:
+            result, outcome, reason = await self._act_once(action, job_id, invocation)
+        except OpenAIError as error:
+            await self._audit(invocation, kind, job_id, Result.FAILED, _openai_reason(error))
+            raise
+        status = result.job.status if result.job is not None else None
+        await self._audit(invocation, kind, job_id, outcome, reason, status=status)
+        return result
+
+    async def _act_once(
+        self, action: str, job_id: str, invocation: Invocation
+    ) -> tuple[ActionResult, Result, str | None]:
         origin = (await self._origins([job_id]))[job_id]
         if not await self._may_read(job_id, invocation, origin):
-            return ActionResult(render.render_job_not_found(job_id))
+            return ActionResult(render.render_job_not_found(job_id)), Result.REFUSED, "not found"
         if not self._may_cancel(invocation.user_id, origin.starter):
             user, starter = invocation.user_id, origin.starter
             log.info("refused %s of %s by %s (starter %s)", action, job_id, user, starter)
             # Name the starter only to the channel where they started it.
             here = origin.starter_channel == invocation.channel_id
-            return ActionResult(render.render_not_allowed(job_id, action, origin.starter, starter_here=here))
+            reply = render.render_not_allowed(job_id, action, origin.starter, starter_here=here)
+            return ActionResult(reply), Result.REFUSED, "not allowed"
         job = await self._openai.retrieve_job(job_id)
         if not ACTION_NEEDS[action](job.status):
             # A stale card or a second click: the job's state now, not OpenAI's 400.
-            return ActionResult(render.render_action_not_applicable(job, action), job)
+            reply = render.render_action_not_applicable(job, action)
+            return ActionResult(reply, job), Result.REFUSED, f"bad state: {job.status}"
         change = {
             "cancel": self._openai.cancel_job,
             "pause": self._openai.pause_job,
@@ -522,7 +550,49 @@ class CommandRunner:
         }[action]
         job = await change(job_id)
         log.info("%s of %s requested by %s", action, job_id, invocation.user_id)
-        return ActionResult(render.render_action_requested(job, action, self._now()), job)
+        return ActionResult(render.render_action_requested(job, action, self._now()), job), Result.OK, None
+
+    async def _audit(
+        self,
+        invocation: Invocation,
+        action: Action,
+        job_id: str | None,
+        result: Result,
+        reason: str | None = None,
+        **detail: Any,
+    ) -> None:
+        entry = AuditEntry(
+            team_id=invocation.team_id,
+            channel_id=invocation.channel_id,
+            user_id=invocation.user_id,
+            action=action,
+            job_id=job_id,
+            result=result,
+            reason=reason,
+            detail={k: v for k, v in detail.items() if v is not None},
+        )
+        await self._auditor.record(entry)
+
+    async def _history(self, job_id: str, invocation: Invocation) -> render.Reply:
+        """A job's audit trail, for admins and the job's starter; anyone else gets the same "not
+        found" as a job they may not read, so the answer reveals nothing."""
+        origin = (await self._origins([job_id]))[job_id]
+        if not self._may_cancel(invocation.user_id, origin.starter):
+            log.info("refused history of %s to %s", job_id, invocation.user_id)
+            return render.render_job_not_found(job_id)
+        rows = await asyncio.to_thread(self._store.job_audit, job_id, limit=HISTORY_ROWS)
+        entries = [
+            render.HistoryEntry(
+                at=int(row.at),
+                user_id=row.user_id,
+                channel_id=row.channel_id,
+                action=row.action,
+                result=row.result,
+                reason=row.reason,
+            )
+            for row in rows
+        ]
+        return render.render_history(job_id, entries, limit=HISTORY_ROWS)
 
     # -- buttons: reading a job and bringing its card up to date --------------------------------------
 
@@ -583,13 +653,17 @@ class CommandRunner:
     async def _unwatch(self, job_id: str, invocation: Invocation) -> render.Reply:
         watch = await asyncio.to_thread(self._store.get_watch, job_id, invocation.channel_id)
         if watch is None or watch.ended_at is not None:
+            await self._audit(invocation, Action.UNWATCH, job_id, Result.REFUSED, "not watched here")
             return render.render_unwatched(job_id, False)
         # The announcement of a job started here is its starter's: anyone else silencing it would
         # keep the outcome from them. A channel's own `watch` anyone in the channel may end.
         if watch.origin == "create" and not self._may_cancel(invocation.user_id, watch.user_id):
             log.info("refused unwatch of %s by %s (starter %s)", job_id, invocation.user_id, watch.user_id)
+            await self._audit(invocation, Action.UNWATCH, job_id, Result.REFUSED, "not allowed")
             return render.render_not_allowed(job_id, "unwatch", watch.user_id)
         ended = await asyncio.to_thread(self._store.end_watch, watch.id, f"unwatched by {invocation.user_id}")
+        outcome, reason = (Result.OK, None) if ended else (Result.REFUSED, "ended")
+        await self._audit(invocation, Action.UNWATCH, job_id, outcome, reason)
         return render.render_unwatched(job_id, ended)
 
     async def _create(self, command: CreateCommand, invocation: Invocation) -> render.Reply | None:
@@ -610,6 +684,8 @@ class CommandRunner:
         self, key: str, command: CreateCommand, invocation: Invocation
     ) -> render.Reply | None:
         request = create_request(command, invocation, key)
+        # What the audit row keeps of the request (ids and names only, nothing long).
+        summary = {"model": command.model, "training_file": command.training_file, "suffix": command.suffix}
         try:
             pending, fresh = await asyncio.to_thread(
                 self._store.begin_create,
@@ -623,16 +699,21 @@ class CommandRunner:
             )
         except SQLAlchemyError:
             log.exception("could not record a create before calling OpenAI; nothing was started")
+            await self._audit(invocation, Action.CREATE, None, Result.FAILED, "database", **summary)
             return render.render_create_not_started_database()
         if not fresh and pending.job_id is not None:
+            # A redelivery of a create already audited: not a second action.
             log.info("create %s delivered again: it already started %s", key, pending.job_id)
             return render.render_create_duplicate(pending.job_id)
         try:
             job = await self._openai.create_job(**request, idempotency_key=key)
         except OpenAIError as error:
+            reason = _openai_reason(error)
+            await self._audit(invocation, Action.CREATE, None, Result.FAILED, reason, **summary)
             return await self._create_failed(pending, error)
         crash_point("after_openai_create")
         log.info("created %s for user %s in channel %s", job.id, invocation.user_id, invocation.channel_id)
+        await self._audit(invocation, Action.CREATE, job.id, Result.OK, **summary)
         return await self.record_and_announce(pending, job)
 
     async def _create_failed(self, pending: PendingCreate, error: OpenAIError) -> render.Reply:
@@ -695,18 +776,29 @@ class CommandRunner:
         return reply
 
     async def _watch(self, job_id: str, invocation: Invocation) -> render.Reply | None:
+        try:
+            reply, result, reason = await self._watch_once(job_id, invocation)
+        except OpenAIError as error:
+            await self._audit(invocation, Action.WATCH, job_id, Result.FAILED, _openai_reason(error))
+            raise
+        await self._audit(invocation, Action.WATCH, job_id, result, reason)
+        return reply
+
+    async def _watch_once(
+        self, job_id: str, invocation: Invocation
+    ) -> tuple[render.Reply | None, Result, str | None]:
         existing = await asyncio.to_thread(self._store.get_watch, job_id, invocation.channel_id)
         if existing is not None and existing.ended_at is None:
-            return render.render_already_watching(job_id)
+            return render.render_already_watching(job_id), Result.REFUSED, "already watched here"
         # Watching posts the job in this channel: only a job this reader may read.
         if not await self._may_read(job_id, invocation):
-            return render.render_job_not_found(job_id)
+            return render.render_job_not_found(job_id), Result.REFUSED, "not found"
         job = await self._openai.retrieve_job(job_id)
         if job.is_terminal:
             # Nothing left to wait for: show how it ended instead of promising a message.
-            return self._render_job(job, invocation)
+            return self._render_job(job, invocation), Result.REFUSED, f"bad state: {job.status}"
         message = render.render_watch_announcement(job, invocation.user_id, self._now())
-        return await self._announce_and_watch(job, invocation, message, origin="watch")
+        return await self._announce_and_watch(job, invocation, message, origin="watch"), Result.OK, None
 
     async def _announce_and_watch(
         self, job: FineTuningJob, invocation: Invocation, message: render.Reply, *, origin: str

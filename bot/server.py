@@ -29,12 +29,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from bot.audit import Auditor, AuditRetention
 from bot.cards_updater import CardEditor, build_card_client
 from bot.chart_renderer import ChartRenderer
 from bot.config import Settings
 from bot.http_guard import GuardedH11Protocol, SlackEvents
 from bot.inflight import InFlight
 from bot.listeners import register_listeners
+from bot.logs import set_replica
 from bot.metrics import CONTENT_TYPE, Metrics
 from bot.notifier import Notifier
 from bot.openai_client import FineTuningClient, build_http_client
@@ -142,6 +144,7 @@ def build_asgi(
     slack_client = build_slack_client(settings, metrics=metrics)
     app = build_app(settings, slack_client, identity, metrics)
     owner = f"{socket.gethostname()}:{settings.port}:{os.getpid()}"
+    set_replica(owner)  # every log line names this replica (LOG_FORMAT=json)
     interval = settings.effective_poll_interval
     # A lease only has to outlive one cycle's work (a slow cycle must not hand its watches to
     # another replica mid-way), not the gap between cycles: it follows POLL_INTERVAL_SECONDS even
@@ -174,10 +177,12 @@ def build_asgi(
     notifier = Notifier(
         store, posting_client, owner=owner, lease_ttl=lease_ttl, cards=cards, reporter=reporter
     )
+    auditor = Auditor(store)
     runner = CommandRunner(
         openai,
         posting_client,
         store,
+        auditor=auditor,
         admins=settings.admins,
         read_access=settings.read_access,
         owner=owner,
@@ -197,6 +202,7 @@ def build_asgi(
         admins=settings.admins,
         owner=owner,
         download_hosts=frozenset({"files.slack.com", httpx.URL(settings.slack_api_url).host}),
+        auditor=auditor,
     )
     runner.attach_training(training)
     # Creates left half-done (a crash, a database failure) are finished each cycle: on SQLite every
@@ -220,6 +226,7 @@ def build_asgi(
         single_process=single_process,
         reconcile_creates=reconciler.run,
         cards=cards,
+        audit_retention=AuditRetention(store, days=settings.audit_retention_days),
     )
     inflight = InFlight()  # replies owed to users
     polling = InFlight()  # the poll cycle, apart: its end is when our watches can be handed over

@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 # libpq waits for the OS (minutes) on a host that drops packets; a poll cycle or a start-up wait
 # should hear "no answer" well before that.
 CONNECT_TIMEOUT_SECONDS = 10
@@ -173,6 +173,52 @@ training_uploads = sa.Table(
     sa.Column("updated_at", sa.Float, nullable=False),
     sa.Column("note", sa.String(300), nullable=True),
 )
+
+# Who did what to which job, and what it came to (bot/audit.py): every state-changing action,
+# refused ones included. `at` is this host's clock (time.time) like the other rows' created_at;
+# `result` is ok, refused or failed, `reason` a short why, `detail` a small JSON object.
+audit = sa.Table(
+    "finetune_audit",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Column("team_id", sa.String(64), nullable=False),
+    sa.Column("channel_id", sa.String(64), nullable=False),
+    sa.Column("user_id", sa.String(64), nullable=False),
+    sa.Column("action", sa.String(32), nullable=False),
+    sa.Column("job_id", sa.String(80), nullable=True),
+    sa.Column("result", sa.String(16), nullable=False),
+    sa.Column("reason", sa.String(200), nullable=True),
+    sa.Column("detail", sa.Text, nullable=True),
+)
+sa.Index("ix_finetune_audit_job", audit.c.job_id, audit.c.at)
+sa.Index("ix_finetune_audit_at", audit.c.at)
+AUDIT_DETAIL_CHARS = 1000
+
+
+@dataclass(frozen=True)
+class AuditRow:
+    id: int
+    at: float
+    team_id: str
+    channel_id: str
+    user_id: str
+    action: str
+    job_id: str | None
+    result: str
+    reason: str | None
+    detail: dict[str, Any]
+
+    @classmethod
+    def from_row(cls, row: Any) -> AuditRow:
+        values = dict(row._mapping)
+        try:
+            detail = json.loads(values.get("detail") or "{}")
+        except ValueError:
+            detail = {}
+        values["detail"] = detail if isinstance(detail, dict) else {}
+        return cls(**values)
+
 
 # Added to finetune_watches by the schema 2 → 3 step.
 CARD_COLUMNS = ("card_digest", "card_edited_at", "card_stopped")
@@ -376,6 +422,7 @@ class Store:
                 if current < 4:
                     self._add_missing_columns(conn, outbox, REPORT_COLUMNS)
                 # 4 → 5 adds finetune_training_uploads, which `create_all` has just created.
+                # 5 → 6 adds finetune_audit, likewise: nothing to alter.
                 conn.execute(schema_info.update().values(version=SCHEMA_VERSION))
 
     def _add_missing_columns(self, conn: Connection, table: sa.Table, names: Sequence[str]) -> None:
@@ -1118,3 +1165,64 @@ class Store:
                 ).scalar()
                 is not None
             )
+
+    # -- audit trail (bot/audit.py) --------------------------------------------------------------
+
+    def add_audit(
+        self,
+        *,
+        at: float,
+        team_id: str,
+        channel_id: str,
+        user_id: str,
+        action: str,
+        job_id: str | None,
+        result: str,
+        reason: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        text = json.dumps(detail or {}, sort_keys=True, default=str)
+        with self._tx() as conn:
+            conn.execute(
+                audit.insert().values(
+                    at=at,
+                    team_id=team_id[:64],
+                    channel_id=channel_id[:64],
+                    user_id=user_id[:64],
+                    action=action[:32],
+                    job_id=job_id[:80] if job_id else None,
+                    result=result[:16],
+                    reason=reason[:200] if reason else None,
+                    # Too big to keep whole: kept valid JSON rather than cut mid-way.
+                    detail=text if len(text) <= AUDIT_DETAIL_CHARS else json.dumps({"truncated": True}),
+                )
+            )
+
+    def job_audit(self, job_id: str, *, limit: int = 20) -> list[AuditRow]:
+        """A job's audit trail, newest first."""
+        with self._tx() as conn:
+            rows = conn.execute(
+                audit.select()
+                .where(audit.c.job_id == job_id)
+                .order_by(audit.c.at.desc(), audit.c.id.desc())
+                .limit(limit)
+            ).all()
+        return [AuditRow.from_row(r) for r in rows]
+
+    def last_audited(self, job_id: str, action: str) -> AuditRow | None:
+        """The newest successful `action` on the job (who cancelled or paused it, for its card)."""
+        with self._tx() as conn:
+            row = conn.execute(
+                audit.select()
+                .where(audit.c.job_id == job_id, audit.c.action == action, audit.c.result == "ok")
+                .order_by(audit.c.at.desc(), audit.c.id.desc())
+                .limit(1)
+            ).first()
+        return None if row is None else AuditRow.from_row(row)
+
+    def purge_audit(self, before: float, *, limit: int = 5000) -> int:
+        """Delete up to `limit` audit rows older than `before` (bounded: one short transaction
+        however many are due; the next cycle takes the rest)."""
+        with self._tx() as conn:
+            oldest = sa.select(audit.c.id).where(audit.c.at < before).order_by(audit.c.id).limit(limit)
+            return conn.execute(audit.delete().where(audit.c.id.in_(oldest))).rowcount

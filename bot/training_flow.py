@@ -31,6 +31,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot import render, render_training
+from bot.audit import Action, AuditEntry, Auditor, Result
 from bot.commands import CreateCommand
 from bot.modal import CreateForm, SlackFileRef
 from bot.openai_client import FileTooLargeError, FineTuningClient, OpenAIError, UnavailableError
@@ -85,7 +86,9 @@ class TrainingFlow:
         owner: str = "bot",
         http: httpx.AsyncClient | None = None,
         download_hosts: frozenset[str] = frozenset({"files.slack.com"}),
+        auditor: Auditor | None = None,
     ) -> None:
+        self._auditor = auditor
         # The bot token goes only to Slack's file host (and, for a test or proxy setup, the host of
         # SLACK_API_URL): a link to anywhere else is refused, never followed with the token.
         self._download_hosts = download_hosts
@@ -233,27 +236,53 @@ class TrainingFlow:
     # -- 2. start --------------------------------------------------------------------------------
 
     async def start(self, upload_id: str, invocation: Invocation) -> render.Reply | None:
-        """The Start button: upload once, create once. Returns what to tell the clicker privately."""
+        """The Start button: upload once, create once. Returns what to tell the clicker privately.
+        The click is audited (the create it makes is audited too, by the runner)."""
+        reply, result, reason, job_id = await self._start_checked(upload_id, invocation)
+        entry = AuditEntry(
+            team_id=invocation.team_id,
+            channel_id=invocation.channel_id,
+            user_id=invocation.user_id,
+            action=Action.START_TRAINING,
+            job_id=job_id,
+            result=result,
+            reason=reason,
+            detail={"upload": upload_id},
+        )
+        if self._auditor is not None:
+            await self._auditor.record(entry)
+        return reply
+
+    async def _start_checked(
+        self, upload_id: str, invocation: Invocation
+    ) -> tuple[render.Reply | None, Result, str | None, str | None]:
         row = await asyncio.to_thread(self._uploads.get, upload_id)
         if row is None:
-            return render_training.render_start_refused("This check is unknown here (it may have expired).")
+            reply = render_training.render_start_refused("This check is unknown here (it may have expired).")
+            return reply, Result.REFUSED, "unknown upload", None
         if invocation.user_id != row.user_id and invocation.user_id not in self._admins:
-            return render_training.render_start_refused(
+            reply = render_training.render_start_refused(
                 f"Only <@{row.user_id}> (who sent the file) or an admin can start this job."
             )
+            return reply, Result.REFUSED, "not allowed", None
         if row.state == "started" and row.job_id:
-            return render_training.render_start_refused(f"This file already started {row.job_id}.")
+            reply = render_training.render_start_refused(f"This file already started {row.job_id}.")
+            return reply, Result.REFUSED, "already started", row.job_id
         if row.state in ("rejected", "failed", "checking"):
-            return render_training.render_start_refused("This file cannot be started: see the report above.")
+            reply = render_training.render_start_refused("This file cannot be started: see the report above.")
+            return reply, Result.REFUSED, f"bad state: {row.state}", None
         if upload_id in self._busy:
-            return render_training.render_start_refused("It is being started already.")
+            reply = render_training.render_start_refused("It is being started already.")
+            return reply, Result.REFUSED, "busy", None
         self._busy.add(upload_id)
         try:
             return await self._start(row, invocation)
         finally:
             self._busy.discard(upload_id)
 
-    async def _start(self, row: TrainingUpload, invocation: Invocation) -> render.Reply | None:
+    async def _start(
+        self, row: TrainingUpload, invocation: Invocation
+    ) -> tuple[render.Reply | None, Result, str | None, str | None]:
         if row.state == "creating" and row.create_trigger:
             # A create was under way (a crash, a lost answer): its pending create tells its fate.
             # Made → say so; still open → the reconciliation announces it; refused or abandoned →
@@ -263,24 +292,28 @@ class TrainingFlow:
             )
             if pending is not None and pending.job_id:
                 await asyncio.to_thread(self._uploads.started, row.id, pending.job_id)
-                return render_training.render_start_refused(f"This file already started {pending.job_id}.")
+                reply = render_training.render_start_refused(f"This file already started {pending.job_id}.")
+                return reply, Result.REFUSED, "already started", pending.job_id
             if pending is None or pending.state not in ("failed", "abandoned"):
-                return render_training.render_start_refused(
+                reply = render_training.render_start_refused(
                     "A job is already being started from this file; it will be announced here."
                 )
+                return reply, Result.REFUSED, "busy", None
         file_id = row.openai_file_id
         if file_id is None:
             if not await asyncio.to_thread(self._uploads.claim_upload, row.id, self._owner):
-                return render_training.render_start_refused("It is being started already.")
+                reply = render_training.render_start_refused("It is being started already.")
+                return reply, Result.REFUSED, "busy", None
             await self._edit_report(row, render_training.render_uploading(row.filename))
             try:
                 file_id, validation_id = await self._send_to_openai(row)
             except (FileProblem, OpenAIError) as problem:
                 await asyncio.to_thread(self._uploads.release, row.id, "ready", str(problem))
                 await self._restore_report(row)
-                return render_training.render_start_refused(
+                reply = render_training.render_start_refused(
                     f"The upload to OpenAI failed: {problem}. Nothing was started; try Start again."
                 )
+                return reply, Result.FAILED, "upload failed", None
             await asyncio.to_thread(self._uploads.uploaded, row.id, file_id, validation_id)
         else:
             validation_id = row.openai_validation_file_id
@@ -291,7 +324,9 @@ class TrainingFlow:
         if job_id is not None:
             await asyncio.to_thread(self._uploads.started, row.id, job_id)
             await self._edit_report(row, render_training.render_training_started(row.filename, job_id))
-        return reply
+            return reply, Result.OK, None, job_id
+        # The create itself was refused or is unconfirmed: its own audit row says which.
+        return reply, Result.FAILED, "no job created", None
 
     async def _created_job(self, trigger_id: str) -> str | None:
         store = self._uploads.store

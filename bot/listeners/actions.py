@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
@@ -26,7 +26,7 @@ from bot.commands import (
     parse_command,
 )
 from bot.inflight import InFlight
-from bot.listeners.commands import RECEIVED, send_reply
+from bot.listeners.commands import RECEIVED, bind_request, send_reply
 from bot.metrics import Metrics
 from bot.runner import CommandRunner, Invocation
 
@@ -127,6 +127,8 @@ def register(
 
     async def handle(click: Click, respond: AsyncRespond, logger: logging.Logger) -> render.Reply | None:
         invocation = Invocation(team_id=click.team_id, channel_id=click.channel_id, user_id=click.user_id)
+        job = click.value if ids.is_job_id(click.value) else None
+        bind_request(click.action_id, replace(invocation, trigger_id=click.trigger_id), job)
         if click.action_id == buttons.OPEN_CREATE_FORM:
             # The form opens within the click's 3-second trigger: nothing is asked of OpenAI first.
             opening = Invocation(click.team_id, click.channel_id, click.user_id, trigger_id=click.trigger_id)

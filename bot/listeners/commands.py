@@ -17,6 +17,7 @@ from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
 from bot import render
 from bot.commands import Command, HelpCommand, ParseError, parse_command, subcommand_name
 from bot.inflight import InFlight
+from bot.logs import bind_context
 from bot.metrics import Metrics
 from bot.openai_client import parse_retry_after
 from bot.runner import CommandRunner, Invocation
@@ -28,6 +29,19 @@ REPLY_ATTEMPTS = 3
 TICKET = "finetune_inflight_ticket"
 # When the acknowledgement began (time.monotonic()), for the reply latency.
 RECEIVED = "finetune_received_at"
+
+
+def bind_request(what: str, invocation: Invocation, job_id: str | None = None) -> None:
+    """The log context of the rest of this lazy listener's task (Bolt runs each in a task of its
+    own, so nothing leaks to the next request): every line logged while carrying the request out
+    names it. Slack's request id is the trigger_id (see README "Logs")."""
+    bind_context(
+        command=what,
+        job_id=job_id,
+        channel=invocation.channel_id,
+        user=invocation.user_id,
+        slack_request=invocation.trigger_id,
+    )
 
 
 async def send_reply(
@@ -108,6 +122,7 @@ def register(
             response_url=str(command.get("response_url") or "") or None,
         )
         name = type(parsed).__name__.removesuffix("Command").lower()
+        bind_request(subcommand_name(command.get("text") or ""), invocation, getattr(parsed, "job_id", None))
 
         async def farewell() -> None:
             # The shutdown window ran out: the user must not be left waiting for nothing.

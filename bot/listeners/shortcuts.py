@@ -14,7 +14,7 @@ from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
 
 from bot import modal, render
 from bot.inflight import InFlight
-from bot.listeners.commands import send_reply
+from bot.listeners.commands import bind_request, send_reply
 from bot.metrics import Metrics
 from bot.runner import CommandRunner, Invocation
 
@@ -69,6 +69,7 @@ def register(
             trigger_id=str(body.get("trigger_id") or ""),
             response_url=str(body.get("response_url") or "") or None,
         )
+        bind_request("shortcut", invocation)
         async with inflight.track(verdict):
             found, others = modal.jsonl_files(body.get("message") or {})
             outcome = render.Outcome.OK

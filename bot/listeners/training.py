@@ -13,7 +13,7 @@ from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
 from bot import render
 from bot.inflight import InFlight
 from bot.listeners.actions import REFUSED_CHANNEL, RESTARTING, VERDICT, click_of
-from bot.listeners.commands import send_reply
+from bot.listeners.commands import bind_request, send_reply
 from bot.metrics import Metrics
 from bot.runner import Invocation
 from bot.training_flow import TrainingFlow
@@ -68,6 +68,8 @@ def register(
             trigger_id=str(body.get("trigger_id") or ""),
             response_url=str(body.get("response_url") or "") or None,
         )
+
+        bind_request(TRAINING_START, invocation)
 
         async def farewell() -> None:
             await send_reply(respond, render.render_unfinished("start fine-tuning"), logger, what=what)

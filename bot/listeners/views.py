@@ -17,6 +17,7 @@ from slack_bolt.async_app import AsyncAck, AsyncApp
 
 from bot import modal, render
 from bot.inflight import InFlight
+from bot.listeners.commands import bind_request
 from bot.metrics import Metrics
 from bot.openai_client import OpenAIError
 from bot.runner import CommandRunner, Invocation
@@ -82,6 +83,8 @@ def register(
             trigger_id=str(body.get("trigger_id") or ""),
             response_url=None,
         )
+
+        bind_request("create_form", invocation)
 
         async def farewell() -> None:
             await runner.tell(invocation, render.render_unfinished("create"))
