@@ -321,6 +321,12 @@ def parse_submission(view: Mapping[str, Any], *, default_model: str) -> CreateFo
         training_upload, training_file = training if training is not None else (None, "")
     validation = _file_choice(values, VALIDATION_UPLOAD, VALIDATION_OPENAI, errors, required=False)
     validation_upload, validation_file = validation if validation is not None else (None, None)
+    if validation_upload is not None and training_upload is None and training_file:
+        # An uploaded file is checked and sent with the training file it goes with; a training
+        # file already in OpenAI has nothing to be checked with.
+        errors[VALIDATION_UPLOAD] = (
+            "Pick the validation file from OpenAI too, or upload both files here."
+        )
 
     other = _text(values, MODEL_OTHER)
     chosen = other or _selected(values, MODEL) or default_model

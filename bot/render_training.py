@@ -188,9 +188,9 @@ def render_validation(
     notes = [
         "Token counts follow OpenAI's cookbook (3 per message + content + 3 per example); the cost is "
         "an estimate: OpenAI bills the tokens it counts.",
-        f"Checked for {_mention(user_id)}.",
+        f"Checked for {_mention(user_id)}." if user_id else "",
     ]
-    blocks.append(_context(" ".join(notes)))
+    blocks.append(_context(" ".join(n for n in notes if n)))
     if report.ok and start_value is not None:
         blocks.append(_start_button(report, estimate, start_value))
     # The verdict, summary and problems lead: cut from the middle if something ever overflows.
@@ -252,6 +252,18 @@ def render_ready_again(filename: str, start_value: str, summary: dict[str, Any])
                 "text": {"type": "plain_text", "text": label[:BUTTON_TEXT_CHARS]},
                 "value": start_value[:VALUE_CHARS],
                 "style": "primary",
+                "confirm": {
+                    "title": {"type": "plain_text", "text": "Start fine-tuning?"},
+                    "text": {
+                        "type": "plain_text",
+                        "text": f'Start fine-tuning on "{_plain_filename(filename)}" now?'[
+                            :CONFIRM_TEXT_CHARS
+                        ],
+                    },
+                    "confirm": {"type": "plain_text", "text": "Start"},
+                    "deny": {"type": "plain_text", "text": "Not yet"},
+                    "style": "primary",
+                },
             }
         ],
     }

@@ -174,8 +174,10 @@ class Reporter:
                     return OnDemandReport(posted=True)
                 except SlackApiError as error:
                     reason = str(error.response.get("error") or "unknown_error")
-                    if reason not in UPLOAD_REFUSALS:
+                    if reason not in UPLOAD_REFUSALS and reason not in CHANNEL_REFUSED:
                         raise
+                    # Sharing a file needs membership, which chat:write.public does not give:
+                    # the numbers may still be posted where the chart may not.
                     problem = _refusal_note(reason)
                 except (UploadFailed, httpx.HTTPError) as error:
                     log.warning("on-demand report of %s: the upload failed (%s)", job_id, error)
@@ -279,7 +281,9 @@ class Reporter:
                     file_id = await self._upload(item, card, png, channel, thread_ts)
                 except SlackApiError as error:
                     reason = str(error.response.get("error") or "unknown_error")
-                    if reason not in UPLOAD_REFUSALS:
+                    # A channel the bot is not a member of refuses the file but may still take the
+                    # numbers (chat:write.public); a real refusal shows at the text post below.
+                    if reason not in UPLOAD_REFUSALS and reason not in CHANNEL_REFUSED:
                         raise
                     log.warning(
                         "report of %s: Slack refused the chart (%s); posting the numbers alone",
@@ -412,6 +416,8 @@ def _ended_job(payload: dict[str, object]) -> FineTuningJob | None:
 
 
 def _refusal_note(reason: str) -> str:
+    if reason in CHANNEL_REFUSED:
+        return "The chart is missing: Slack shares files only where the bot is a member (`/invite` it)."
     if reason == "missing_scope":
         return "The chart is missing: the app lacks the `files:write` scope (reinstall it from manifest.yml)."
     if reason in ("file_uploads_disabled", "file_type_not_allowed", "file_upload_size_restricted"):

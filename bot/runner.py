@@ -286,7 +286,9 @@ class CommandRunner:
             case ValidateCommand(file_id=file_id, model=model, method=method):
                 if self._training is None:  # pragma: no cover - every server attaches one
                     return None
-                return await self._training.validate_openai_file(file_id, model=model, method=method)
+                return await self._training.validate_openai_file(
+                    file_id, model=model, method=method, user_id=invocation.user_id
+                )
             case FilesCommand(limit=limit):
                 page = await self.fine_tune_files(limit=limit)
                 return render.render_files(page.data, page.has_more, self._now())

@@ -22,6 +22,7 @@ import asyncio
 import hashlib
 import logging
 import tempfile
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import IO, Any, cast
@@ -46,6 +47,9 @@ CHUNK_BYTES = 1 << 20
 # Past this much, the spooled copy of a file being sent to OpenAI goes to disk.
 SPOOL_IN_MEMORY_BYTES = 8 << 20
 UPLOAD_ATTEMPTS = 3
+# A create that left no pending row this long after it was claimed never reached OpenAI (a crash
+# or a database failure in between): Start may be clicked again.
+CREATE_PATIENCE_SECONDS = 120.0
 
 # What a Slack error means for the person who asked (plain text; rendered escaped).
 _SLACK_READ_PROBLEMS = {
@@ -149,6 +153,18 @@ class TrainingFlow:
                 channel, ts, render_training.render_validation_failed(training.name, str(problem))
             )
             return
+        except Exception:
+            # Never leave "Checking…" up for good: say it failed, and that sending it again works.
+            log.exception("checking %s failed", training.id)
+            await asyncio.to_thread(self._uploads.failed, row.id, "unexpected error")
+            await self._edit(
+                channel,
+                ts,
+                render_training.render_validation_failed(
+                    training.name, "something went wrong on my side; send the file through the form again"
+                ),
+            )
+            return
         report = checked.report
         ok = report.ok and (validation is None or validation.report.ok)
         epochs = form.command.hyperparameters.get("n_epochs")
@@ -207,6 +223,8 @@ class TrainingFlow:
         url = file.get("url_private_download") or file.get("url_private")
         if not isinstance(url, str) or not url.startswith(("https://", "http://")):
             raise FileProblem("Slack gave no download link for it")
+        if httpx.URL(url).scheme != "https" and httpx.URL(url).host == "files.slack.com":
+            raise FileProblem("Slack's download link is not https; nothing was read")
         if httpx.URL(url).host not in self._download_hosts:
             log.warning("refusing to send the bot token to %s for a file download", httpx.URL(url).host)
             raise FileProblem("Slack's download link points somewhere unexpected; nothing was read")
@@ -294,7 +312,8 @@ class TrainingFlow:
                 await asyncio.to_thread(self._uploads.started, row.id, pending.job_id)
                 reply = render_training.render_start_refused(f"This file already started {pending.job_id}.")
                 return reply, Result.REFUSED, "already started", pending.job_id
-            if pending is None or pending.state not in ("failed", "abandoned"):
+            never_started = pending is None and time.time() - row.updated_at > CREATE_PATIENCE_SECONDS
+            if not never_started and (pending is None or pending.state not in ("failed", "abandoned")):
                 reply = render_training.render_start_refused(
                     "A job is already being started from this file; it will be announced here."
                 )
@@ -325,6 +344,14 @@ class TrainingFlow:
             await asyncio.to_thread(self._uploads.started, row.id, job_id)
             await self._edit_report(row, render_training.render_training_started(row.filename, job_id))
             return reply, Result.OK, None, job_id
+        pending = await asyncio.to_thread(
+            self._uploads.store.get_pending_create, create_key(invocation.trigger_id)
+        )
+        if pending is None or pending.state in ("failed", "abandoned"):
+            # OpenAI refused the create (quota, a model or suffix it will not take) or it never got
+            # going: the file is in OpenAI, nothing was started; Start can be clicked again.
+            await asyncio.to_thread(self._uploads.release, row.id, "uploaded", "create refused")
+            await self._restore_report(row)
         # The create itself was refused or is unconfirmed: its own audit row says which.
         return reply, Result.FAILED, "no job created", None
 
@@ -400,7 +427,7 @@ class TrainingFlow:
     # -- /finetune validate file-… ------------------------------------------------------------------
 
     async def validate_openai_file(
-        self, file_id: str, *, model: str, method: str = "supervised"
+        self, file_id: str, *, model: str, method: str = "supervised", user_id: str = ""
     ) -> render.Reply:
         """The same report for a file already in OpenAI, for the asker alone (no Start button:
         `/finetune create file-…` starts it)."""
@@ -414,7 +441,7 @@ class TrainingFlow:
             )
         report = await asyncio.to_thread(validator.finish)
         estimate = estimate_cost(report, epochs=None, prices=self._prices)
-        return render_training.render_validation(report, estimate, user_id="", start_value=None)
+        return render_training.render_validation(report, estimate, user_id=user_id, start_value=None)
 
     # -- Slack messages ------------------------------------------------------------------------------
 

@@ -257,3 +257,13 @@ def test_a_huge_result_file_is_not_read_whole_and_the_events_stand_in(h: Harness
     [upload] = h.slack.wait_for(lambda s: s.uploads, timeout=30)
     assert upload.thread_ts == announcement.ts and "0.700" in (upload.initial_comment or "")
     assert "too large" in h.bot.logs
+
+
+def test_a_channel_that_refuses_the_file_still_gets_the_numbers(h: Harness) -> None:
+    """Sharing a file needs membership (chat:write.public is not enough): the numbers still go."""
+    job_id, announcement = start_job(h)
+    h.slack.fail_next("files.completeUploadExternal", error="not_in_channel")
+    succeed_with_metrics(h, job_id)
+    [message] = h.slack.wait_for(lambda s: report_messages(h, job_id), timeout=30)
+    assert message.thread_ts == announcement.ts and "/invite" in (message.text or "")
+    assert "Training loss" in (message.text or "") and h.slack.uploads == []

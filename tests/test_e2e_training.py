@@ -284,3 +284,26 @@ def test_the_openai_file_menu_lists_and_filters_fine_tune_files(h: Harness) -> N
     assert response.status_code == 200
     options = response.json()["options"]
     assert [o["text"]["text"].split(" · ")[0] for o in options] == ["support-v1.jsonl"]
+
+
+def test_a_create_openai_refuses_after_the_upload_leaves_start_for_another_try(h: Harness) -> None:
+    view = open_form(h)
+    file = h.slack.add_file("train.jsonl", GOOD, channel="C123")
+    submit(h, view, {modal.TRAINING_UPLOAD: file})
+    report = report_message(h, "Ready")
+    value = str(start_value(report))
+    h.openai.fail_next(
+        400,
+        path="/fine_tuning/jobs",
+        method="POST",
+        body={"error": {"message": "Quota exceeded for this project.", "type": "invalid_request_error"}},
+    )
+    key = click_start(h, value, report.ts)
+    assert "Quota exceeded" in all_text(h.reply(key, timeout=30))
+    assert h.openai.jobs == {} and len(h.openai.uploads) == 1
+    again = report_message(h, "nothing was started")
+    assert start_value(again) == value
+    click_start(h, value, report.ts)
+    h.openai.wait_for(lambda o: o.jobs, timeout=30)
+    # The file already in OpenAI was used: still one upload.
+    assert len(h.openai.jobs) == 1 and len(h.openai.uploads) == 1

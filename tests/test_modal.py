@@ -242,6 +242,11 @@ def test_a_preselected_file_needs_no_training_field() -> None:
             "v.json is not a .jsonl file",
         ),
         ({"training_openai": "file-a", "beta": "0.1"}, modal.BETA, "only applies to the DPO method"),
+        (
+            {"training_openai": "file-a", "validation_upload": [VALID]},
+            modal.VALIDATION_UPLOAD,
+            "Pick the validation file from OpenAI too",
+        ),
     ],
 )
 def test_form_only_problems_are_shown_on_their_field(
