@@ -479,14 +479,16 @@ def _parse_create(args: list[str], default_model: str) -> Command | ParseError:
         return model
     validation_file = options.get("validation_file")
     if validation_file is not None:
-        validation_file = check_validation_file(validation_file)
-        if isinstance(validation_file, ParseError):
-            return validation_file
+        checked_validation = check_validation_file(validation_file)
+        if isinstance(checked_validation, ParseError):
+            return checked_validation
+        validation_file = checked_validation
     suffix = options.get("suffix")
     if suffix is not None:
-        suffix = check_suffix(suffix)
-        if isinstance(suffix, ParseError):
-            return suffix
+        checked_suffix = check_suffix(suffix)
+        if isinstance(checked_suffix, ParseError):
+            return checked_suffix
+        suffix = checked_suffix
     seed: int | None = None
     if "seed" in options:
         parsed_seed = check_seed(options["seed"])

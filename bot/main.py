@@ -77,14 +77,15 @@ async def check_slack(settings: Settings) -> tuple[BotIdentity | None, str | Non
     not (HTTP mode works from what it knows, Socket Mode keeps connecting in the background).
     Both tokens are checked at once, so a Slack that does not answer delays start-up only once."""
     app_check = verify_app_token(settings) if settings.socket_mode else asyncio.sleep(0)
-    identity, app = await asyncio.gather(verify_bot_token(settings), app_check, return_exceptions=True)
-    for outcome in (identity, app):
+    found, app = await asyncio.gather(verify_bot_token(settings), app_check, return_exceptions=True)
+    for outcome in (found, app):
         if isinstance(outcome, Refused):
             return None, str(outcome)
-    if isinstance(identity, BaseException):
-        log.warning("%s; starting anyway", identity)
-        identity = None
+    identity: BotIdentity | None = None
+    if isinstance(found, BaseException):
+        log.warning("%s; starting anyway", found)
     else:
+        identity = found
         log.info("Slack bot user %s in workspace %s", identity.user_id, identity.team)
         for line in scope_warnings(identity):
             log.warning("%s", line)
@@ -113,16 +114,16 @@ def main(argv: list[str] | None = None) -> int:
     # database, and nothing says "ready" on a port it does not hold.
     try:
         sock = listen(settings.host, settings.port)
-    except ListenProblem as problem:
-        return refuse([str(problem)])
+    except ListenProblem as error:
+        return refuse([str(error)])
     metrics_socket = None
     if settings.metrics_port is not None:
         try:
             # Localhost only: without a token, /metrics must not be reachable from elsewhere.
             metrics_socket = listen("127.0.0.1", settings.metrics_port, name="METRICS_PORT")
-        except ListenProblem as problem:
+        except ListenProblem as error:
             sock.close()
-            return refuse([str(problem)])
+            return refuse([str(error)])
     with sock, metrics_socket or contextlib.nullcontext():
         identity, problem = asyncio.run(check_slack(settings))
         if problem:

@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 
 # No `_created` series: they double every counter's and histogram's series for a start time that
 # Prometheus does not need (process-wide in prometheus_client; nothing else here uses it).
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]  # prometheus_client leaves it unannotated
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # How long one read of the store's gauges is reused.
@@ -487,7 +487,7 @@ class MeteredWebClient(AsyncWebClient):
         super().__init__(*args, **kwargs)
         self._metrics = metrics
 
-    async def api_call(self, api_method: str, **kwargs: Any) -> AsyncSlackResponse:  # type: ignore[override]
+    async def api_call(self, api_method: str, **kwargs: Any) -> AsyncSlackResponse:
         try:
             response = await super().api_call(api_method, **kwargs)
         except SlackApiError as error:

@@ -314,6 +314,7 @@ def parse_submission(view: Mapping[str, Any], *, default_model: str) -> CreateFo
     errors: dict[str, str] = {}
 
     preselected = _ref_from_metadata(metadata.get("upload"))
+    training_upload: SlackFileRef | None
     if preselected is not None:
         training_upload, training_file = preselected, ""
     else:

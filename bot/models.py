@@ -68,7 +68,8 @@ class FineTuningJob:
 
     @classmethod
     def from_api(cls, data: dict[str, Any]) -> FineTuningJob:
-        method = data.get("method") if isinstance(data.get("method"), dict) else {}
+        raw_method = data.get("method")
+        method: dict[str, Any] = raw_method if isinstance(raw_method, dict) else {}
         method_type = _str_or_none(method.get("type"))
         hyperparameters: dict[str, Any] = {}
         # `method.<type>.hyperparameters` is current; top-level `hyperparameters` is the deprecated

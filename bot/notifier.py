@@ -151,7 +151,7 @@ class Notifier:
             return 0
 
     def _backoff(self, item: OutboxItem) -> float:
-        return min(300.0, 2.0 * 2 ** min(item.attempts, 7)) * random.uniform(0.5, 1.0)
+        return min(300.0, 2.0 * 2.0 ** min(item.attempts, 7)) * random.uniform(0.5, 1.0)
 
     async def _deliver(self, item: OutboxItem, watch: Watch) -> bool:
         job = FineTuningJob.from_api(item.payload)

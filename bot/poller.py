@@ -20,9 +20,10 @@ from dataclasses import dataclass
 from bot import ids
 from bot.audit import AuditRetention
 from bot.cards_updater import CardEditor
+from bot.crash import crash_point
 from bot.logs import bind_context, log_context
 from bot.models import FineTuningJob
-from bot.notifier import Notifier, crash_point
+from bot.notifier import Notifier
 from bot.openai_client import FineTuningClient, NotFoundError, OpenAIError
 from bot.store import Store, Watch
 

@@ -105,7 +105,8 @@ class Reply:
     def as_kwargs(self) -> dict[str, Any]:
         """What is sent to Slack. Every message leaves through here, so this is where configured
         secrets are masked (an OpenAI error can quote the API key), exactly as in the logs."""
-        return redact_value({"text": self.text, "blocks": self.blocks})
+        kwargs: dict[str, Any] = redact_value({"text": self.text, "blocks": self.blocks})
+        return kwargs
 
 
 # ---------------------------------------------------------------------------------------------- pieces

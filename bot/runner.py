@@ -290,8 +290,8 @@ class CommandRunner:
                     file_id, model=model, method=method, user_id=invocation.user_id
                 )
             case FilesCommand(limit=limit):
-                page = await self.fine_tune_files(limit=limit)
-                return render.render_files(page.data, page.has_more, self._now())
+                files = await self.fine_tune_files(limit=limit)
+                return render.render_files(files.data, files.has_more, self._now())
             case WatchCommand(job_id=None):
                 rows = await asyncio.to_thread(self._store.channel_watches, invocation.channel_id)
                 return render.render_watch_list(

@@ -453,7 +453,10 @@ def serve(
         access_log=False,
         lifespan="on",
         # Part of SHUTDOWN_GRACE_SECONDS (measured from the signal), not added to it.
-        timeout_graceful_shutdown=min(CONNECTIONS_GRACE_SECONDS, settings.shutdown_grace_seconds),
+        # uvicorn hands it to asyncio.timeout, which takes seconds as a float; its hint says int.
+        timeout_graceful_shutdown=min(  # type: ignore[arg-type]
+            CONNECTIONS_GRACE_SECONDS, settings.shutdown_grace_seconds
+        ),
         # uvicorn's h11 protocol plus a deadline on request headers and a connection cap below
         # the open-file limit (bot/http_guard.py): slow clients cannot starve /healthz.
         http=GuardedH11Protocol,

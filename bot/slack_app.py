@@ -102,7 +102,7 @@ class WorkspaceAuthorizer(AsyncAuthorize):
     """
 
     def __init__(self, token: str, identity: BotIdentity | None, lookup_client: AsyncWebClient) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # slack_bolt leaves it unannotated
         self._token = token
         self._identity = identity
         self._client = lookup_client

@@ -114,7 +114,7 @@ class SocketModeConnection:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         if self._handler is not None:
-            await self._handler.close_async()
+            await self._handler.close_async()  # type: ignore[no-untyped-call]  # unannotated in slack_bolt
 
     async def _connect_until_done(self, handler: AsyncSocketModeHandler) -> None:
         delay = self._first_delay
@@ -141,7 +141,7 @@ class SocketModeConnection:
             else:
                 # A fresh URL, so the library's connect() opens the websocket right away.
                 handler.client.wss_uri = url
-                await handler.connect_async()
+                await handler.connect_async()  # type: ignore[no-untyped-call]  # unannotated in slack_bolt
                 log.info("connected to Slack in Socket Mode")
                 self._on_connected()
                 return

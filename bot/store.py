@@ -297,6 +297,7 @@ class OutboxItem:
     job_id: str
     outcome: str
     payload: dict[str, Any]
+    created_at: float  # when it was owed (this host's clock): the Reporter gives up and backs off by age
     attempts: int
     attempt_channel: str | None
     attempt_thread_ts: str | None
@@ -933,7 +934,7 @@ class Store:
     def gauges(self) -> StoreGauges:
         """Watches active, outbox rows owed and the oldest one's age (database clock), in one
         query over the two partial-state indexes."""
-        now = sa.literal_column(
+        now: sa.ColumnClause[Any] = sa.literal_column(
             "extract(epoch FROM clock_timestamp())"
             if self._postgres
             else "(julianday('now') - 2440587.5) * 86400.0"

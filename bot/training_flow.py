@@ -301,6 +301,7 @@ class TrainingFlow:
     async def _start(
         self, row: TrainingUpload, invocation: Invocation
     ) -> tuple[render.Reply | None, Result, str | None, str | None]:
+        reply: render.Reply | None
         if row.state == "creating" and row.create_trigger:
             # A create was under way (a crash, a lost answer): its pending create tells its fate.
             # Made → say so; still open → the reconciliation announces it; refused or abandoned →

@@ -96,6 +96,14 @@ def test_a_report_follows_its_outcome_and_remembers_its_upload(store: Store) -> 
     assert taken.upload_file_id == "F123"
 
 
+def test_outbox_rows_carry_when_they_were_owed(store: Store) -> None:
+    # The Reporter ages a failing report by this (its give-up deadline and its backoff).
+    watch, _ = add(store, "ftjob-a")
+    store.finish_watch(watch, "succeeded", {"id": "ftjob-a", "status": "succeeded"}, now=1234.5)
+    assert [i.created_at for i in store.outbox_items()] == [1234.5, 1234.5]
+    assert [i.created_at for i in store.claim_outbox("r1", ttl=60)] == [1234.5, 1234.5]
+
+
 def test_unwatched_and_vanished_jobs_owe_no_report(store: Store) -> None:
     watch, _ = add(store, "ftjob-a")
     store.finish_watch(watch, "missing", {"id": "ftjob-a"})
