@@ -267,3 +267,15 @@ def test_a_channel_that_refuses_the_file_still_gets_the_numbers(h: Harness) -> N
     [message] = h.slack.wait_for(lambda s: report_messages(h, job_id), timeout=30)
     assert message.thread_ts == announcement.ts and "/invite" in (message.text or "")
     assert "Training loss" in (message.text or "") and h.slack.uploads == []
+
+
+def test_openai_failing_while_the_report_is_made_delays_it_and_it_comes_later(h: Harness) -> None:
+    """OpenAI 500s outlive the client's retries while the report gathers its numbers: the report
+    is deferred (with backoff), never lost, and the outcome is not held up."""
+    job_id, announcement = start_job(h)
+    h.openai.fail_next(500, path=rf"/fine_tuning/jobs/{job_id}/checkpoints", method="GET", times=3)
+    succeed_with_metrics(h, job_id)
+    h.slack.wait_for(lambda s: outcomes(h, job_id), timeout=15)
+    [upload] = h.slack.wait_for(lambda s: s.uploads, timeout=60, message="the report after the retry")
+    assert upload.thread_ts == announcement.ts
+    assert "will retry" in h.bot.logs
