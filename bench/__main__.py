@@ -32,6 +32,7 @@ from bench import (  # noqa: E402 - needs the sys.path entry above
     metrics_overhead,
     modal,
     poll,
+    reply_rate,
     reports,
     validate,
 )
@@ -47,6 +48,7 @@ from bench.common import (  # noqa: E402
 
 BENCHMARKS: dict[str, Callable[[argparse.Namespace], Result]] = {
     "ack": lambda args: ack.run(args.quick),
+    "reply": lambda args: reply_rate.run(args.quick),
     "poll": lambda args: poll.run(args.quick, args.stores),
     "burst": lambda args: burst.run(args.quick, args.stores),
     "latency": lambda args: latency.run(args.quick),

@@ -201,11 +201,30 @@ class Poller:
     async def apply(self, watches: Iterable[Watch], report: StatusReport) -> int:
         """Record what changed; returns how many outbox rows were written."""
         written = 0
+        # Most watches, most cycles, have no news: they cost a dict lookup, not a context, a thread
+        # hop or a transaction each. Status changes (a burst of queued → running, say) are written
+        # in one statement per new status.
+        moved: dict[str, list[Watch]] = {}
         for watch in watches:
+            job = report.jobs.get(watch.job_id)
+            if job is not None and not job.is_terminal:
+                if job.status != watch.last_status:
+                    moved.setdefault(job.status, []).append(watch)
+            elif job is not None or watch.job_id in report.missing:
+                try:
+                    written += await self._apply_one(watch, report)
+                except Exception:
+                    log.exception("recording %s failed; next cycle will try again", watch.job_id[:100])
+        for status, group in moved.items():
             try:
-                written += await self._apply_one(watch, report)
+                await asyncio.to_thread(self._store.set_status, [w.id for w in group], status)
             except Exception:
-                log.exception("recording %s failed; next cycle will try again", watch.job_id[:100])
+                log.exception(
+                    "recording status %s for %d jobs (%s…) failed; next cycle will try again",
+                    status[:40],
+                    len(group),
+                    group[0].job_id[:100],
+                )
         return written
 
     async def _apply_one(self, watch: Watch, report: StatusReport) -> int:
@@ -213,15 +232,11 @@ class Poller:
             return await self._apply_job(watch, report)
 
     async def _apply_job(self, watch: Watch, report: StatusReport) -> int:
+        """A job that ended (or that OpenAI no longer knows): owe its channel the outcome."""
         job = report.jobs.get(watch.job_id)
         if job is not None:
-            if job.is_terminal:
-                return await self.finish(watch, job.status, job.raw)
-            if job.status != watch.last_status:
-                await asyncio.to_thread(self._store.set_status, [watch.id], job.status)
-        elif watch.job_id in report.missing:
-            return await self.finish(watch, "missing", {"id": watch.job_id, "status": "missing"})
-        return 0
+            return await self.finish(watch, job.status, job.raw)
+        return await self.finish(watch, "missing", {"id": watch.job_id, "status": "missing"})
 
     async def deliver(self) -> int:
         return await self._notifier.deliver_due()

@@ -289,6 +289,11 @@ class Watch:
         return cls(**{f: m[f] for f in cls.__dataclass_fields__})
 
 
+# Watch's fields in order, so a row selected with them builds a Watch positionally: a claim reads
+# every watch of this replica each cycle, and a mapping per row is most of that read's cost.
+_WATCH_COLUMNS = tuple(watches.c[name] for name in Watch.__dataclass_fields__)
+
+
 @dataclass(frozen=True)
 class OutboxItem:
     id: int
@@ -717,27 +722,29 @@ class Store:
                 sa.select(sa.func.count()).select_from(watches).where(watches.c.ended_at.is_(None))
             ).scalar_one()
             share = max(1, math.ceil(active / max(1, live_replicas)))
+            # What this replica holds unexpired, read whole: in the steady state that is every
+            # watch the cycle needs, so one read serves both the fair-share split and the answer.
+            held = sa.and_(
+                watches.c.ended_at.is_(None),
+                watches.c.lease_owner == owner,
+                watches.c.lease_expires_at >= now,
+            )
             mine = [
-                r.id
-                for r in conn.execute(
-                    sa.select(watches.c.id)
-                    .where(
-                        watches.c.ended_at.is_(None),
-                        watches.c.lease_owner == owner,
-                        watches.c.lease_expires_at >= now,
-                    )
-                    .order_by(watches.c.id)
-                )
+                Watch(*r) for r in conn.execute(sa.select(*_WATCH_COLUMNS).where(held).order_by(watches.c.id))
             ]
             keep, release = mine[:share], mine[share:]
             if release:
                 conn.execute(
                     watches.update()
-                    .where(watches.c.id.in_(release), watches.c.lease_owner == owner)
+                    .where(watches.c.id.in_([w.id for w in release]), watches.c.lease_owner == owner)
                     .values(lease_owner=None, lease_expires_at=None)
                 )
+            if keep:
+                # Renewed by the condition that selected them (the excess no longer meets it), not
+                # by a list of a thousand ids, which costs more to bind than the update itself.
+                conn.execute(watches.update().where(held).values(lease_expires_at=now + ttl))
             wanted = share - len(keep)
-            claimed: list[int] = []
+            claimed: list[Watch] = []
             if wanted > 0:
                 free = (
                     sa.select(watches.c.id)
@@ -749,16 +756,18 @@ class Store:
                     .limit(wanted)
                     .with_for_update(skip_locked=True)
                 )
-                claimed = [r.id for r in conn.execute(free)]
-            ids = keep + claimed
-            if ids:
-                conn.execute(
-                    watches.update()
-                    .where(watches.c.id.in_(ids))
-                    .values(lease_owner=owner, lease_expires_at=now + ttl)
-                )
-            rows = conn.execute(sa.select(watches).where(watches.c.id.in_(ids)).order_by(watches.c.id))
-            return [Watch.from_row(r) for r in rows]
+                claimed_ids = [r.id for r in conn.execute(free)]
+                if claimed_ids:
+                    conn.execute(
+                        watches.update()
+                        .where(watches.c.id.in_(claimed_ids))
+                        .values(lease_owner=owner, lease_expires_at=now + ttl)
+                    )
+                    rows = conn.execute(sa.select(*_WATCH_COLUMNS).where(watches.c.id.in_(claimed_ids)))
+                    claimed = [Watch(*r) for r in rows]
+            if not claimed:
+                return keep
+            return sorted(keep + claimed, key=lambda w: w.id)
 
     # -- outbox ----------------------------------------------------------------------------------
 

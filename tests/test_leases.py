@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from bot.inflight import InFlight
-from bot.store import Store, watches
+from bot.store import Store, Watch, watches
 from tests.db import fresh_postgres_database
 
 
@@ -144,3 +144,53 @@ async def test_keep_alive_between_reconciliation_passes_keeps_the_replica_and_it
     await poller.keep_alive()
     assert store.heartbeat("r2", ttl=60) == 2  # r1 counts as alive
     assert all(expiry > time.time() + 100 for expiry in lease_expiries(store))
+
+
+def test_a_claim_reads_whole_watches_and_renews_kept_and_claimed_leases(store: Store) -> None:
+    add_watches(store, 3)
+    now = 1_000.0
+    first = store.claim_watches("r1", now=now, ttl=60, live_replicas=1)
+    for job_id in ("ftjob-3", "ftjob-4"):  # two more, free: the next claim keeps and claims
+        store.add_watch(
+            job_id=job_id,
+            team_id="T1",
+            channel_id="C1",
+            user_id="U1",
+            announcement_ts=None,
+            job_created_at=200,
+            status="queued",
+        )
+    store.end_watch(first[1].id, "gone")  # an ended watch is neither returned nor renewed
+    later = store.claim_watches("r1", now=now + 30, ttl=60, live_replicas=1)
+    # Built positionally from the selected columns: every field as the row has it, in id order.
+    with store.engine.connect() as conn:
+        rows = conn.execute(sa.select(watches).where(watches.c.ended_at.is_(None)).order_by(watches.c.id))
+        expected = [Watch.from_row(r) for r in rows]
+    assert later == expected
+    assert [w.id for w in later] == sorted(w.id for w in later)
+    assert [w.job_id for w in later] == ["ftjob-0", "ftjob-2", "ftjob-3", "ftjob-4"]
+    with store.engine.connect() as conn:
+        leases = {
+            r.id: (r.lease_owner, r.lease_expires_at)
+            for r in conn.execute(sa.select(watches).where(watches.c.ended_at.is_(None)))
+        }
+    assert all(leases[w.id] == ("r1", now + 90) for w in later)
+
+
+def test_a_claim_over_the_fair_share_returns_and_renews_only_what_it_keeps(store: Store) -> None:
+    add_watches(store, 6)
+    now = 1_000.0
+    assert len(store.claim_watches("r1", now=now, ttl=60, live_replicas=1)) == 6
+    kept = store.claim_watches("r1", now=now + 10, ttl=60, live_replicas=2)
+    assert [w.job_id for w in kept] == [f"ftjob-{i}" for i in range(3)]
+    with store.engine.connect() as conn:
+        leases = [
+            tuple(r)
+            for r in conn.execute(
+                sa.select(watches.c.job_id, watches.c.lease_owner, watches.c.lease_expires_at).order_by(
+                    watches.c.id
+                )
+            )
+        ]
+    assert leases[:3] == [(f"ftjob-{i}", "r1", now + 70) for i in range(3)]
+    assert leases[3:] == [(f"ftjob-{i}", None, None) for i in range(3, 6)]
