@@ -53,6 +53,24 @@ class Click:
     trigger_id: str = ""  # what views.open needs (the help's New fine-tuning job button)
 
 
+def verdict_for(channel_id: str, allowed_channels: frozenset[str], inflight: InFlight) -> int | str:
+    """What an interaction's acknowledgement decides: refused (not an allowed channel), refused
+    (shutting down: promise nothing this process may not keep), or an InFlight ticket — counted
+    before the ack goes out, so a SIGTERM right after it still waits for the answer."""
+    if allowed_channels and channel_id not in allowed_channels:
+        return REFUSED_CHANNEL
+    if inflight.closing:
+        return RESTARTING
+    return inflight.reserve()
+
+
+def refusal_of(verdict: object, allowed_channels: frozenset[str]) -> render.Reply:
+    """What to tell the person whose interaction `verdict_for` refused."""
+    if verdict == REFUSED_CHANNEL:
+        return render.render_channel_not_allowed(allowed_channels)
+    return render.render_restarting()
+
+
 def click_of(body: dict[str, Any]) -> Click:
     action = (body.get("actions") or [{}])[0]
     container = body.get("container") or {}
@@ -82,14 +100,7 @@ def register(
     metrics = metrics or Metrics()
 
     async def acknowledge(ack: AsyncAck, body: dict[str, Any], context: dict[str, Any]) -> None:
-        click = click_of(body)
-        if allowed_channels and click.channel_id not in allowed_channels:
-            context[VERDICT] = REFUSED_CHANNEL
-        elif inflight.closing:
-            context[VERDICT] = RESTARTING  # a deploy: promise nothing this process may not keep
-        else:
-            # Counted before the ack goes out, so a SIGTERM right after it still waits for the answer.
-            context[VERDICT] = inflight.reserve()
+        context[VERDICT] = verdict_for(click_of(body).channel_id, allowed_channels, inflight)
         context[RECEIVED] = time.monotonic()
         await ack()
 
@@ -101,12 +112,7 @@ def register(
         what = f"the {click.action_id} button"
         if not isinstance(verdict, int):
             metrics.action(click.action_id, render.Outcome.REFUSED)
-            refusal = (
-                render.render_channel_not_allowed(allowed_channels)
-                if verdict == REFUSED_CHANNEL
-                else render.render_restarting()
-            )
-            await send_reply(respond, refusal, logger, what=what)
+            await send_reply(respond, refusal_of(verdict, allowed_channels), logger, what=what)
             return
 
         async def farewell() -> None:

@@ -14,6 +14,7 @@ from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
 
 from bot import modal, render
 from bot.inflight import InFlight
+from bot.listeners.actions import refusal_of, verdict_for
 from bot.listeners.commands import bind_request, send_reply
 from bot.metrics import Metrics
 from bot.runner import CommandRunner, Invocation
@@ -21,8 +22,6 @@ from bot.runner import CommandRunner, Invocation
 SHORTCUT_CALLBACK = "finetune_on_file"
 # Where the acknowledgement leaves its verdict for the lazy listener (see listeners/actions.py).
 VERDICT = "finetune_shortcut_verdict"
-REFUSED_CHANNEL = "channel"
-RESTARTING = "restarting"
 
 
 def _channel_id(body: dict[str, Any]) -> str:
@@ -40,12 +39,7 @@ def register(
     metrics = metrics or Metrics()
 
     async def acknowledge(ack: AsyncAck, body: dict[str, Any], context: dict[str, Any]) -> None:
-        if allowed_channels and _channel_id(body) not in allowed_channels:
-            context[VERDICT] = REFUSED_CHANNEL
-        elif inflight.closing:
-            context[VERDICT] = RESTARTING
-        else:
-            context[VERDICT] = inflight.reserve()
+        context[VERDICT] = verdict_for(_channel_id(body), allowed_channels, inflight)
         await ack()
 
     async def carry_out(
@@ -55,11 +49,7 @@ def register(
         what = "the Fine-tune on this file shortcut"
         if not isinstance(verdict, int):
             metrics.action("shortcut", render.Outcome.REFUSED)
-        if verdict == REFUSED_CHANNEL:
-            await send_reply(respond, render.render_channel_not_allowed(allowed_channels), logger, what=what)
-            return
-        if not isinstance(verdict, int):
-            await send_reply(respond, render.render_restarting(), logger, what=what)
+            await send_reply(respond, refusal_of(verdict, allowed_channels), logger, what=what)
             return
         user = body.get("user") or {}
         invocation = Invocation(

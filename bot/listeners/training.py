@@ -12,7 +12,7 @@ from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
 
 from bot import render
 from bot.inflight import InFlight
-from bot.listeners.actions import REFUSED_CHANNEL, RESTARTING, VERDICT, click_of
+from bot.listeners.actions import VERDICT, click_of, refusal_of, verdict_for
 from bot.listeners.commands import bind_request, send_reply
 from bot.metrics import Metrics
 from bot.runner import Invocation
@@ -33,13 +33,7 @@ def register(
     metrics = metrics or Metrics()
 
     async def acknowledge(ack: AsyncAck, body: dict[str, Any], context: dict[str, Any]) -> None:
-        click = click_of(body)
-        if allowed_channels and click.channel_id not in allowed_channels:
-            context[VERDICT] = REFUSED_CHANNEL
-        elif inflight.closing:
-            context[VERDICT] = RESTARTING
-        else:
-            context[VERDICT] = inflight.reserve()
+        context[VERDICT] = verdict_for(click_of(body).channel_id, allowed_channels, inflight)
         await ack()
 
     async def carry_out(
@@ -50,11 +44,7 @@ def register(
         what = "the Start fine-tuning button"
         if not isinstance(verdict, int):
             metrics.action(TRAINING_START, render.Outcome.REFUSED)
-        if verdict == REFUSED_CHANNEL:
-            await send_reply(respond, render.render_channel_not_allowed(allowed_channels), logger, what=what)
-            return
-        if not isinstance(verdict, int):
-            await send_reply(respond, render.render_restarting(), logger, what=what)
+            await send_reply(respond, refusal_of(verdict, allowed_channels), logger, what=what)
             return
         if UPLOAD_ID.fullmatch(click.value) is None:
             metrics.action(TRAINING_START, render.Outcome.BAD_INPUT)
