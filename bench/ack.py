@@ -35,11 +35,24 @@ from bench.common import (
     wait_until,
 )
 from tests.bot_process import SIGNING_SECRET
-from tests.fakes import sign_slack_request
+from tests.fakes import FakeSlack, sign_slack_request
 from tests.harness import all_text
 
 SLACK_DEADLINE = 3.0
 GOAL_P99 = 0.100
+
+
+def get_commands(slack: FakeSlack, jobs: list[str], n: int) -> list[tuple[str, str]]:
+    """`n` `/finetune get` command bodies (form-encoded, not yet signed) over `jobs`, each with its
+    own response_url key, as (key, body). Shared by the benchmarks that send commands."""
+    out = []
+    for i in range(n):
+        key = uuid.uuid4().hex
+        fields = slack.slash_command_payload(
+            f"get {jobs[i % len(jobs)]}", response_url=slack.response_url(key)
+        )
+        out.append((key, urllib.parse.urlencode(fields)))
+    return out
 
 
 def fire(url: str, requests: list[tuple[str, str]], concurrency: int) -> list[tuple[str, float, float, int]]:
@@ -141,14 +154,7 @@ def run(quick: bool) -> Result:
             url = f"{bot.url}/slack/events"
 
             def batch(n: int) -> list[tuple[str, str]]:
-                out = []
-                for i in range(n):
-                    key = uuid.uuid4().hex
-                    fields = slack.slash_command_payload(
-                        f"get {jobs[i % len(jobs)]}", response_url=slack.response_url(key)
-                    )
-                    out.append((key, urllib.parse.urlencode(fields)))
-                return out
+                return get_commands(slack, jobs, n)
 
             context = multiprocessing.get_context("spawn")
             with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:

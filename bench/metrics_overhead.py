@@ -16,15 +16,13 @@ import multiprocessing
 import statistics
 import tempfile
 import threading
-import urllib.parse
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 
-from bench.ack import fire
+from bench.ack import fire, get_commands
 from bench.common import (
     Bot,
     Result,
@@ -79,14 +77,7 @@ def ack_side(on: bool, commands: int) -> tuple[list[float], list[float]]:
         with running_bot(openai, slack, Path(tmp), **env) as bot:
 
             def batch(n: int) -> list[tuple[str, str]]:
-                out = []
-                for i in range(n):
-                    key = uuid.uuid4().hex
-                    fields = slack.slash_command_payload(
-                        f"get {jobs[i % len(jobs)]}", response_url=slack.response_url(key)
-                    )
-                    out.append((key, urllib.parse.urlencode(fields)))
-                return out
+                return get_commands(slack, jobs, n)
 
             url = f"{bot.url}/slack/events"
             context = multiprocessing.get_context("spawn")

@@ -19,10 +19,9 @@ import multiprocessing
 import tempfile
 import time
 import urllib.parse
-import uuid
 from pathlib import Path
 
-from bench.ack import _read_response
+from bench.ack import _read_response, get_commands
 from bench.common import (
     FunctionalError,
     Result,
@@ -111,14 +110,7 @@ def run(quick: bool) -> Result:
             url = f"{bot.url}/slack/events"
 
             def batch(n: int) -> list[tuple[str, str]]:
-                out = []
-                for i in range(n):
-                    key = uuid.uuid4().hex
-                    fields = slack.slash_command_payload(
-                        f"get {jobs[i % len(jobs)]}", response_url=slack.response_url(key)
-                    )
-                    out.append((key, urllib.parse.urlencode(fields)))
-                return out
+                return get_commands(slack, jobs, n)
 
             context = multiprocessing.get_context("spawn")
             with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
