@@ -42,6 +42,36 @@ METADATA_EVENT = "finetune_outcome"
 CHANNEL_SPACING = 1.0
 
 
+async def messages_since_attempt(
+    slack: AsyncWebClient, item: OutboxItem, channel: str, thread_ts: str | None
+) -> list[dict[str, Any]]:
+    """The messages of `thread_ts` (or of the channel) since a minute before `item`'s recorded
+    attempt: where a post made by that attempt would be. Nothing when the channel refuses the
+    bot or the thread is gone: the earlier attempt cannot have landed there either."""
+    oldest = f"{(item.attempt_started_at or 0) - 60:.6f}"
+    try:
+        if thread_ts:
+            response = await slack.conversations_replies(
+                channel=channel, ts=thread_ts, oldest=oldest, include_all_metadata=True, limit=200
+            )
+        else:
+            response = await slack.conversations_history(
+                channel=channel, oldest=oldest, include_all_metadata=True, limit=200
+            )
+    except SlackApiError as error:
+        reason = error.response.get("error")
+        if reason in CHANNEL_REFUSED or reason == "thread_not_found":
+            return []
+        raise
+    return [m for m in response.get("messages") or [] if isinstance(m, dict)]
+
+
+def carries_key(message: dict[str, Any], event_type: str, key: str) -> bool:
+    """Whether a message carries this outbox key in its Slack metadata."""
+    meta = message.get("metadata") or {}
+    return bool(meta.get("event_type") == event_type and (meta.get("event_payload") or {}).get("key") == key)
+
+
 class Notifier:
     def __init__(
         self,
@@ -236,31 +266,10 @@ class Notifier:
     async def _find_posted(self, item: OutboxItem) -> str | None:
         """The ts of a message already carrying this item's key, if Slack has one."""
         assert item.attempt_channel is not None
-        oldest = f"{(item.attempt_started_at or 0) - 60:.6f}"
-        try:
-            if item.attempt_thread_ts:
-                response = await self._slack.conversations_replies(
-                    channel=item.attempt_channel,
-                    ts=item.attempt_thread_ts,
-                    oldest=oldest,
-                    include_all_metadata=True,
-                    limit=200,
-                )
-            else:
-                response = await self._slack.conversations_history(
-                    channel=item.attempt_channel, oldest=oldest, include_all_metadata=True, limit=200
-                )
-        except SlackApiError as error:
-            reason = error.response.get("error")
-            if reason in CHANNEL_REFUSED or reason == "thread_not_found":
-                return None  # the earlier attempt cannot have landed there either
-            raise
-        for message in response.get("messages") or []:
-            meta = message.get("metadata") or {}
-            if (
-                meta.get("event_type") == METADATA_EVENT
-                and (meta.get("event_payload") or {}).get("key") == item.key
-            ):
+        for message in await messages_since_attempt(
+            self._slack, item, item.attempt_channel, item.attempt_thread_ts
+        ):
+            if carries_key(message, METADATA_EVENT, item.key):
                 return str(message.get("ts"))
         return None
 

@@ -35,6 +35,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.chart_renderer import ChartError, ChartInput, ChartRenderer
 from bot.models import TERMINAL_STATUSES, FineTuningJob
+from bot.notifier import carries_key, messages_since_attempt
 from bot.openai_client import FineTuningClient, NotFoundError, OpenAIError
 from bot.reports import (
     UPLOAD_REFUSALS,
@@ -375,32 +376,11 @@ class Reporter:
     async def _find_posted(self, item: OutboxItem, channel: str, thread_ts: str | None) -> str | None:
         """Where an earlier attempt's report is, if Slack has it: a message sharing its chart, or
         one carrying its key (when only the text went)."""
-        oldest = f"{(item.attempt_started_at or 0) - 60:.6f}"
-        try:
-            if thread_ts:
-                response = await self._slack.conversations_replies(
-                    channel=channel, ts=thread_ts, oldest=oldest, include_all_metadata=True, limit=200
-                )
-            else:
-                response = await self._slack.conversations_history(
-                    channel=channel, oldest=oldest, include_all_metadata=True, limit=200
-                )
-        except SlackApiError as error:
-            if (
-                error.response.get("error") in CHANNEL_REFUSED
-                or error.response.get("error") == "thread_not_found"
-            ):
-                return None
-            raise
-        for message in response.get("messages") or []:
+        for message in await messages_since_attempt(self._slack, item, channel, thread_ts):
             files = [f.get("id") for f in message.get("files") or [] if isinstance(f, dict)]
             if item.upload_file_id and item.upload_file_id in files:
                 return f"file {item.upload_file_id}"
-            meta = message.get("metadata") or {}
-            if (
-                meta.get("event_type") == METADATA_EVENT
-                and (meta.get("event_payload") or {}).get("key") == item.key
-            ):
+            if carries_key(message, METADATA_EVENT, item.key):
                 return f"message {message.get('ts')}"
         return None
 
