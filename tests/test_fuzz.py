@@ -403,6 +403,12 @@ def check_openai_request(request: RecordedRequest) -> None:
             assert ids.FILE_ID.fullmatch(body.get("training_file", "")), body
             if body.get("validation_file") is not None:
                 assert ids.FILE_ID.fullmatch(body["validation_file"]), body
+    elif path == "/files":  # `files`: the fine-tune files, read only
+        assert request.method == "GET" and request.query.get("purpose") == "fine-tune", request
+    elif path.startswith("/files/"):  # `validate file-…`: one file's content, read only
+        match = re.fullmatch(r"/files/(?P<id>[^/]+)/content", path)
+        assert match is not None and request.method == "GET", f"unexpected OpenAI path {path!r}"
+        assert ids.FILE_ID.fullmatch(match["id"]), f"bad file id in OpenAI path {path!r}"
     else:
         match = _JOB_PATH.fullmatch(path)
         assert match is not None, f"unexpected OpenAI path {request.method} {path!r}"
@@ -503,6 +509,7 @@ def answer_every_fuzzed_text(run: FuzzRun, tail: LogTail, text: str) -> None:
     run.texts += 1
     channel = f"CFUZZ{run.texts:04d}"  # one channel per text, so an announcement can be traced to it
     before = len(h.openai.requests)
+    forms_before = len([v for v in h.slack.views if v.ok])
     response, key = h.command(text, channel_id=channel)
     assert response.status_code == 200, (text, response.status_code, response.text[:500])
     if response.content.strip():
@@ -510,9 +517,12 @@ def answer_every_fuzzed_text(run: FuzzRun, tail: LogTail, text: str) -> None:
         assert body.get("text") or body.get("blocks"), body
         assert_inert_reply(body)
     else:
-        # Acknowledged empty: the answer comes by response_url, or (create/watch) as a channel post.
+        # Acknowledged empty: the answer comes by response_url, as a channel post (create/watch),
+        # or (a bare `create`) as the create form opened for the user.
         h.slack.wait_for(
-            lambda s: s.responses_for(key) or s.messages_in(channel),
+            lambda s: s.responses_for(key)
+            or s.messages_in(channel)
+            or len([v for v in s.views if v.ok]) > forms_before,
             timeout=20,
             message=f"an answer to {text!r}",
         )
