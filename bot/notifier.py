@@ -18,7 +18,7 @@ import collections
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from slack_sdk.errors import SlackApiError
@@ -82,9 +82,13 @@ class Notifier:
         lease_ttl: float,
         concurrency: int = 4,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         cards: CardEditor | None = None,
         reporter: Reporter | None = None,
     ) -> None:
+        self._monotonic = monotonic
+        self._sleep = sleep
         self._cards = cards
         self._reporter = reporter
         self._store = store
@@ -154,10 +158,10 @@ class Notifier:
                 item, watch = queue.popleft()
                 try:
                     if last_post is not None:
-                        await asyncio.sleep(max(0.0, last_post + CHANNEL_SPACING - time.monotonic()))
+                        await self._sleep(max(0.0, last_post + CHANNEL_SPACING - self._monotonic()))
                     async with self._semaphore:
                         await self._deliver_safely(item, watch)
-                    last_post = time.monotonic()
+                    last_post = self._monotonic()
                 finally:
                     self._queued.discard(item.id)
         finally:

@@ -21,7 +21,6 @@ the bot ends the report with one log line (the outcome already reached the perso
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import re
@@ -34,6 +33,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.chart_renderer import ChartError, ChartInput, ChartRenderer
+from bot.clock import SYSTEM_CLOCK, Clock
 from bot.models import TERMINAL_STATUSES, FineTuningJob
 from bot.notifier import carries_key, messages_since_attempt
 from bot.openai_client import FineTuningClient, NotFoundError, OpenAIError
@@ -84,7 +84,9 @@ class Reporter:
         concurrency: int = 2,
         clock: Callable[[], float] = time.time,
         upload_http: httpx.AsyncClient | None = None,
+        waits: Clock = SYSTEM_CLOCK,
     ) -> None:
+        self._waits = waits  # what waiting for an outcome is timed on
         self._store = store
         self._openai = openai
         self._slack = slack
@@ -333,8 +335,7 @@ class Reporter:
             outcome = await asyncio.to_thread(self._store.outcome_of, item.watch_id)
             if outcome is not None and outcome.sent_at is not None:
                 return outcome
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), OUTCOME_PATIENCE_SECONDS)
+            await self._waits.wait(event, OUTCOME_PATIENCE_SECONDS)
             outcome = await asyncio.to_thread(self._store.outcome_of, item.watch_id)
             return outcome if outcome is not None and outcome.sent_at is not None else None
         finally:

@@ -14,13 +14,11 @@ import errno
 import gc
 import hmac
 import logging
-import os
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
-import httpx
 import uvicorn
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.schedulers.base import STATE_RUNNING
@@ -29,28 +27,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from bot.audit import Auditor, AuditRetention
-from bot.cards_updater import CardEditor, build_card_client
-from bot.chart_renderer import ChartRenderer
 from bot.config import Settings
 from bot.http_guard import GuardedH11Protocol, SlackEvents
 from bot.inflight import InFlight
-from bot.listeners import register_listeners
 from bot.logs import set_replica
-from bot.metrics import CONTENT_TYPE, Metrics
-from bot.notifier import Notifier
-from bot.openai_client import FineTuningClient, build_http_client
-from bot.pending import CreateReconciler
-from bot.poller import Poller
+from bot.metrics import CONTENT_TYPE
 from bot.readiness import DatabaseProbe, readiness
-from bot.reporter import Reporter
-from bot.runner import CommandRunner
-from bot.slack_app import BotIdentity, build_app, build_slack_client
+from bot.slack_app import BotIdentity
 from bot.socket_mode import SocketModeConnection
 from bot.store import Store
-from bot.training_flow import TrainingFlow
-from bot.training_store import TrainingUploads
-from bot.webhooks import WebhookReceiver
+from bot.wiring import Components, build_components
 
 log = logging.getLogger(__name__)
 
@@ -121,124 +107,21 @@ def build_asgi(
     store: Store,
     identity: BotIdentity | None = None,
     metrics_socket: socket.socket | None = None,
+    *,
+    parts: Components | None = None,
 ) -> Starlette:
     """`store` is open and migrated (bot.database.open_database), so a bad DATABASE_URL stopped
     the service at start, with one clear line, before any Slack traffic was accepted. `identity`
     is what auth.test said at start (None if Slack could not be reached). `metrics_socket`:
-    127.0.0.1:METRICS_PORT, bound at start-up (bound when serving starts if not given)."""
-    # This app's own registry: the edges below count into it, /metrics exposes it.
-    metrics = Metrics()
-    metrics.watch_store(store.gauges)
-    http = build_http_client(
-        max_connections=settings.openai_max_connections, timeout=settings.openai_timeout_seconds
-    )
-    openai = FineTuningClient(
-        http,
-        api_key=settings.openai_api_key,
-        base_url=settings.openai_base_url,
-        organization=settings.openai_organization,
-        project=settings.openai_project,
-        max_concurrency=settings.openai_max_connections,
-        metrics=metrics,
-    )
-    slack_client = build_slack_client(settings, metrics=metrics)
-    app = build_app(settings, slack_client, identity, metrics)
-    owner = f"{socket.gethostname()}:{settings.port}:{os.getpid()}"
-    set_replica(owner)  # every log line names this replica (LOG_FORMAT=json)
+    127.0.0.1:METRICS_PORT, bound at start-up (bound when serving starts if not given). `parts`:
+    built by the caller (tests build them around a fake clock and drive the poller themselves,
+    without the lifespan that starts the scheduler)."""
+    parts = parts or build_components(settings, store, identity=identity)
+    set_replica(parts.owner)  # every log line names this replica (LOG_FORMAT=json)
+    metrics, poller, notifier, reporter = parts.metrics, parts.poller, parts.notifier, parts.reporter
+    owner, inflight, receiver, app = parts.owner, parts.inflight, parts.receiver, parts.app
     interval = settings.effective_poll_interval
-    # A lease only has to outlive one cycle's work (a slow cycle must not hand its watches to
-    # another replica mid-way), not the gap between cycles: it follows POLL_INTERVAL_SECONDS even
-    # when webhooks stretch the cycles to RECONCILE_INTERVAL_SECONDS. Between those passes a
-    # keep-alive renews the heartbeat and leases every POLL_INTERVAL_SECONDS, so live replicas keep
-    # their share while a crashed one's watches are free after max(60 s, 3 polls), not 15 minutes.
-    # Should a lease lapse anyway (a stalled loop) and another replica take the watch, nothing is
-    # announced twice: the outbox, not the lease, keeps announcements single.
-    lease_ttl = max(60.0, 3 * settings.poll_interval_seconds)
-    single_process = store.engine.dialect.name == "sqlite"
-    if single_process:
-        # SQLite means one process: leases left by a killed predecessor are ours to take now.
-        store.release_all_leases()
-    posting_client = build_slack_client(settings, posting=True, metrics=metrics)
-    # Cards are edited through a client of their own, so their 429s never hold up an outcome.
-    cards = CardEditor(
-        store,
-        openai,
-        build_card_client(settings.slack_bot_token, settings.slack_api_url, metrics),
-        per_card_seconds=settings.card_update_seconds,
-        per_minute=settings.card_edits_per_minute,
-        concurrency=settings.poll_concurrency,
-        metrics=metrics,
-    )
-    # Completion reports (chart and scorecard) are drawn in a worker process and posted apart
-    # from the outcomes, which they follow and never hold up.
-    reporter = Reporter(
-        store, openai, posting_client, ChartRenderer(), owner=owner, lease_ttl=lease_ttl
-    )
-    notifier = Notifier(
-        store, posting_client, owner=owner, lease_ttl=lease_ttl, cards=cards, reporter=reporter
-    )
-    auditor = Auditor(store)
-    runner = CommandRunner(
-        openai,
-        posting_client,
-        store,
-        auditor=auditor,
-        admins=settings.admins,
-        read_access=settings.read_access,
-        owner=owner,
-        show_card=cards.show_now,
-        reporter=reporter,
-        default_model=settings.default_model,
-    )
-    # Training files from the create form: checked, then uploaded and started from the report.
-    training = TrainingFlow(
-        TrainingUploads(store),
-        openai,
-        posting_client,
-        bot_token=settings.slack_bot_token,
-        run_create=runner.run,
-        prices=settings.training_prices,
-        max_upload_bytes=settings.max_upload_mb * 1_000_000,
-        admins=settings.admins,
-        owner=owner,
-        download_hosts=frozenset({"files.slack.com", httpx.URL(settings.slack_api_url).host}),
-        auditor=auditor,
-    )
-    runner.attach_training(training)
-    # Creates left half-done (a crash, a database failure) are finished each cycle: on SQLite every
-    # other owner is a dead predecessor; on PostgreSQL a replica's row is taken over once stale.
-    reconciler = CreateReconciler(
-        store,
-        openai,
-        posting_client,
-        runner,
-        owner=owner,
-        stale_after=lease_ttl,
-        others_orphaned=single_process,
-    )
-    poller = Poller(
-        store,
-        openai,
-        notifier,
-        owner=owner,
-        lease_ttl=lease_ttl,
-        concurrency=settings.poll_concurrency,
-        single_process=single_process,
-        reconcile_creates=reconciler.run,
-        cards=cards,
-        audit_retention=AuditRetention(store, days=settings.audit_retention_days),
-    )
-    inflight = InFlight()  # replies owed to users
     polling = InFlight()  # the poll cycle, apart: its end is when our watches can be handed over
-    register_listeners(
-        app,
-        runner,
-        default_model=settings.default_model,
-        inflight=inflight,
-        allowed_channels=settings.allowed_channels,
-        training_flow=training,
-        metrics=metrics,
-    )
     # APScheduler's own job stores are not shared between processes (its FAQ); the schedule is
     # in memory and all coordination between replicas lives in our tables.
     scheduler = AsyncIOScheduler(
@@ -252,7 +135,7 @@ def build_asgi(
             with metrics.poll_cycle():
                 await poller.cycle()
 
-    if settings.webhooks_enabled and not single_process:
+    if settings.webhooks_enabled and not parts.single_process:
 
         async def keep_alive() -> None:
             if inflight.closing:
@@ -271,11 +154,6 @@ def build_asgi(
     )
     # Size caps, read deadlines and the signature over the raw bytes, before Bolt parses anything.
     slack_events = SlackEvents(app, settings.slack_signing_secret or "", metrics)
-    receiver = (
-        WebhookReceiver(settings.openai_webhook_secret, store, openai, poller, metrics)
-        if settings.openai_webhook_secret
-        else None
-    )
 
     def announce_ready() -> None:
         mode = "socket" if settings.socket_mode else "http"
@@ -342,9 +220,7 @@ def build_asgi(
             if socket_mode is not None:
                 await socket_mode.close()
             scheduler.shutdown(wait=False)
-            await http.aclose()
-            await reporter.close()
-            await training.close()
+            await parts.close()
             await asyncio.to_thread(store.close)
             log.info("finetune-bot stopped")
 

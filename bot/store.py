@@ -26,6 +26,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
+from bot.clock import Clock
+
 SCHEMA_VERSION = 6
 # libpq waits for the OS (minutes) on a host that drops packets; a poll cycle or a start-up wait
 # should hear "no answer" well before that.
@@ -375,15 +377,23 @@ def create_engine(url: str) -> Engine:
 
 
 class Store:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, clock: Clock | None = None) -> None:
+        """`clock`: for tests only. Without it, leases and heartbeats are measured on the
+        database's clock; with it (a fake clock), on that clock instead, so a test can expire a
+        lease or let a retry come due without waiting."""
         self.engine = engine
         self._postgres = engine.dialect.name == "postgresql"
+        self._clock = clock
 
     @classmethod
-    def from_url(cls, url: str) -> Store:
-        store = cls(create_engine(url))
+    def from_url(cls, url: str, *, clock: Clock | None = None) -> Store:
+        store = cls(create_engine(url), clock=clock)
         store.migrate()
         return store
+
+    def _time(self) -> float:
+        """This host's clock (row timestamps), or the test's clock."""
+        return time.time() if self._clock is None else self._clock.time()
 
     def close(self) -> None:
         self.engine.dispose()
@@ -399,6 +409,8 @@ class Store:
     def _db_now(self, conn: Connection) -> float:
         """Seconds since the epoch on the database's clock: every replica then measures leases and
         heartbeats against the same clock, whatever its host's clock says."""
+        if self._clock is not None:
+            return self._clock.time()
         return float(conn.execute(_PG_NOW if self._postgres else _SQLITE_NOW).scalar_one())
 
     # -- schema ----------------------------------------------------------------------------------
@@ -507,7 +519,7 @@ class Store:
     ) -> tuple[Watch, bool]:
         """Start watching; returns the watch and whether it is new. Watching again a job this
         channel already follows keeps the first watch (and its announcement)."""
-        now = time.time() if now is None else now
+        now = self._time() if now is None else now
         with self._tx() as conn:
             return self._add_watch(
                 conn,
@@ -581,7 +593,7 @@ class Store:
         return Watch.from_row(row) if row else None
 
     def end_watch(self, watch_id: int, reason: str, now: float | None = None) -> bool:
-        now = time.time() if now is None else now
+        now = self._time() if now is None else now
         with self._tx() as conn:
             result = conn.execute(
                 watches.update()
@@ -634,7 +646,7 @@ class Store:
 
     def card_edited(self, watch_id: int, digest: str, now: float | None = None) -> None:
         """The card now shows `digest` (a restart then does not edit it again)."""
-        now = time.time() if now is None else now
+        now = self._time() if now is None else now
         with self._tx() as conn:
             conn.execute(
                 watches.update()
@@ -776,7 +788,7 @@ class Store:
     ) -> bool:
         """In one transaction: owe the channel a notification, and end the watch. The unique key
         makes a second attempt (another replica, the webhook, a restart) a no-op."""
-        now = time.time() if now is None else now
+        now = self._time() if now is None else now
         body = json.dumps(payload, separators=(",", ":"))
         with self._tx() as conn:
             created = conn.execute(
@@ -875,7 +887,7 @@ class Store:
                 .values(
                     attempt_channel=channel,
                     attempt_thread_ts=thread_ts,
-                    attempt_started_at=time.time(),
+                    attempt_started_at=self._time(),
                     attempts=outbox.c.attempts + 1,
                     # A fresh lease for the post itself, however long the row waited in a queue.
                     lease_expires_at=now + lease_ttl,
@@ -889,7 +901,7 @@ class Store:
                 outbox.update()
                 .where(outbox.c.id == item_id, outbox.c.sent_at.is_(None))
                 .values(
-                    sent_at=time.time(),
+                    sent_at=self._time(),
                     sent_channel=channel,
                     sent_ts=ts,
                     delivery_note=note[:200] if note else None,
@@ -990,7 +1002,7 @@ class Store:
     ) -> tuple[PendingCreate, bool]:
         """Record a create before OpenAI is called; returns the row and whether it is new (False:
         this trigger_id was seen before — a replayed or redelivered command)."""
-        now = time.time() if now is None else now
+        now = self._time() if now is None else now
         with self._tx() as conn:
             inserted = conn.execute(
                 self._insert(pending_creates)
@@ -1025,7 +1037,7 @@ class Store:
     ) -> Watch | None:
         """In one transaction: note the job on the pending row and watch it in the channel.
         None if another delivery of the same command recorded it first (it announces, not us)."""
-        now = time.time() if now is None else now
+        now = self._time() if now is None else now
         with self._tx() as conn:
             claimed = conn.execute(
                 pending_creates.update()
@@ -1062,7 +1074,7 @@ class Store:
         self, trigger_id: str, watch_id: int, ts: str | None, now: float | None = None
     ) -> None:
         """The announcement is in Slack (ts None: it went to the user privately instead)."""
-        now = time.time() if now is None else now
+        now = self._time() if now is None else now
         with self._tx() as conn:
             if ts is not None:
                 conn.execute(watches.update().where(watches.c.id == watch_id).values(announcement_ts=ts))
@@ -1075,7 +1087,7 @@ class Store:
     def close_create(self, trigger_id: str, state: str, note: str, now: float | None = None) -> None:
         """Move a pending create without a job to `failed` (OpenAI refused), `unconfirmed` (the
         answer was lost: still looked up) or `abandoned`."""
-        now = time.time() if now is None else now
+        now = self._time() if now is None else now
         with self._tx() as conn:
             conn.execute(
                 pending_creates.update()
@@ -1133,7 +1145,7 @@ class Store:
 
     def claim_pending(self, pending: PendingCreate, owner: str, now: float | None = None) -> bool:
         """Take over an open create (compare-and-set, so two replicas never both handle it)."""
-        now = time.time() if now is None else now
+        now = self._time() if now is None else now
         with self._tx() as conn:
             return (
                 conn.execute(
@@ -1161,7 +1173,7 @@ class Store:
 
     def remember_webhook(self, webhook_id: str, now: float | None = None) -> bool:
         """True the first time a webhook id is seen."""
-        now = time.time() if now is None else now
+        now = self._time() if now is None else now
         with self._tx() as conn:
             conn.execute(
                 webhook_deliveries.delete().where(webhook_deliveries.c.received_at < now - 7 * 86400)

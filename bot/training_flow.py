@@ -22,7 +22,6 @@ import asyncio
 import hashlib
 import logging
 import tempfile
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import IO, Any, cast
@@ -33,6 +32,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot import render, render_training
 from bot.audit import Action, AuditEntry, Auditor, Result
+from bot.clock import SYSTEM_CLOCK, Clock
 from bot.commands import CreateCommand
 from bot.modal import CreateForm, SlackFileRef
 from bot.openai_client import FileTooLargeError, FineTuningClient, OpenAIError, UnavailableError
@@ -91,7 +91,9 @@ class TrainingFlow:
         http: httpx.AsyncClient | None = None,
         download_hosts: frozenset[str] = frozenset({"files.slack.com"}),
         auditor: Auditor | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
+        self._clock = clock
         self._auditor = auditor
         # The bot token goes only to Slack's file host (and, for a test or proxy setup, the host of
         # SLACK_API_URL): a link to anywhere else is refused, never followed with the token.
@@ -313,7 +315,7 @@ class TrainingFlow:
                 await asyncio.to_thread(self._uploads.started, row.id, pending.job_id)
                 reply = render_training.render_start_refused(f"This file already started {pending.job_id}.")
                 return reply, Result.REFUSED, "already started", pending.job_id
-            never_started = pending is None and time.time() - row.updated_at > CREATE_PATIENCE_SECONDS
+            never_started = pending is None and self._clock.time() - row.updated_at > CREATE_PATIENCE_SECONDS
             if not never_started and (pending is None or pending.state not in ("failed", "abandoned")):
                 reply = render_training.render_start_refused(
                     "A job is already being started from this file; it will be announced here."
@@ -400,7 +402,7 @@ class TrainingFlow:
                     if attempt == UPLOAD_ATTEMPTS - 1:
                         raise
                     log.warning("upload of %s failed (%s); retrying", name, error)
-                    await asyncio.sleep(1.0 * 2**attempt)
+                    await self._clock.sleep(1.0 * 2**attempt)
                 except OpenAIError as error:
                     if (
                         error.status is not None
@@ -410,7 +412,7 @@ class TrainingFlow:
                         existing = await self._find_uploaded(name)
                         if existing is not None:
                             return existing
-                        await asyncio.sleep(1.0 * 2**attempt)
+                        await self._clock.sleep(1.0 * 2**attempt)
                         continue
                     raise
         raise FileProblem("the upload did not finish")  # pragma: no cover - the loop returns or raises

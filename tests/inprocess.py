@@ -1,0 +1,163 @@
+"""The bot's parts in this test's own event loop, around a fake clock: no process, no scheduler.
+
+`InProcessBot` builds the production parts (bot.wiring.build_components) and the production ASGI
+app (bot.server.build_asgi, without its lifespan, so the scheduler never starts) from the same
+settings a real process reads. Slack's requests go through the real signature check and Bolt
+listeners (httpx's ASGI transport); the bot's own calls go over real HTTP to the fake OpenAI and
+fake Slack on 127.0.0.1, exactly as in the end-to-end tests. What differs is time: the test runs
+a poll cycle when it wants one (`cycle`), and moves the clock (`clock.advance`) instead of
+waiting for intervals, leases and backoffs. A restart is a second set of parts on the same
+database; two replicas are two sets on one PostgreSQL database.
+
+What only a real process shows (SIGKILL at a crash point, signals and the shutdown window, the
+start-up sequence, uvicorn's limits) stays in the end-to-end tests (tests/harness.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import urllib.parse
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bot.config import Settings, load_settings
+from bot.server import build_asgi
+from bot.store import Store
+from bot.wiring import Components, build_components
+from tests.bot_process import SIGNING_SECRET
+from tests.fakes import FakeOpenAI, FakeSlack, sign_slack_request
+from tests.fakes.clock import FakeClock
+from tests.harness import bot_env
+
+WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"in-process-webhook-secret-0123").decode()
+
+
+def sign_webhook(secret: str, webhook_id: str, timestamp: int, body: str) -> str:
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    digest = hmac.new(key, f"{webhook_id}.{timestamp}.{body}".encode(), hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
+
+
+class InProcessBot:
+    def __init__(
+        self,
+        openai: FakeOpenAI,
+        slack: FakeSlack,
+        workdir: Path,
+        *,
+        clock: FakeClock | None = None,
+        owner: str = "replica-a",
+        **env: str,
+    ) -> None:
+        self.openai = openai
+        self.slack = slack
+        self.workdir = workdir
+        self.clock = clock or FakeClock()
+        self.owner = owner
+        self.env = {"DATABASE_URL": f"sqlite:///{workdir / 'finetune-bot.db'}", **env}
+        settings = load_settings(bot_env(openai, slack, **self.env))
+        assert isinstance(settings, Settings), settings
+        self.settings = settings
+        self.store = Store.from_url(settings.database_url, clock=self.clock)
+        self.parts: Components = build_components(settings, self.store, owner=owner, clock=self.clock)
+        self.asgi = build_asgi(settings, self.store, parts=self.parts)
+        self.http = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.asgi), base_url="http://bot")
+
+    # -- what Slack and OpenAI send ---------------------------------------------------------------
+
+    async def command(
+        self, text: str, *, user_id: str = "U123", channel_id: str = "C123"
+    ) -> tuple[httpx.Response, str]:
+        """`/finetune <text>` as Slack posts it (signed); returns the acknowledgement and the key
+        of its response_url (see `reply`)."""
+        key = uuid.uuid4().hex
+        fields = self.slack.slash_command_payload(
+            text, user_id=user_id, channel_id=channel_id, response_url=self.slack.response_url(key)
+        )
+        body = urllib.parse.urlencode(fields)
+        response = await self.http.post(
+            "/slack/events", content=body, headers=sign_slack_request(body, SIGNING_SECRET)
+        )
+        return response, key
+
+    async def interact(self, payload: dict[str, Any]) -> httpx.Response:
+        """Any interaction (block_actions, view_submission, …) as Slack posts it, signed."""
+        body = FakeSlack.interactive_form(payload)
+        return await self.http.post(
+            "/slack/events", content=body, headers=sign_slack_request(body, SIGNING_SECRET)
+        )
+
+    async def webhook(
+        self, job_id: str, event_type: str | None = None, *, webhook_id: str | None = None
+    ) -> httpx.Response:
+        """OpenAI's webhook for this job (the fake's spec-checked payload), signed with
+        WEBHOOK_SECRET (start the bot with OPENAI_WEBHOOK_SECRET=WEBHOOK_SECRET)."""
+        body = json.dumps(self.openai.webhook_payload(job_id, event_type))
+        webhook_id = webhook_id or f"msg_{uuid.uuid4().hex}"
+        timestamp = int(self.clock.time())
+        headers = {
+            "webhook-id": webhook_id,
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": sign_webhook(WEBHOOK_SECRET, webhook_id, timestamp, body),
+            "content-type": "application/json",
+        }
+        return await self.http.post("/openai/webhook", content=body, headers=headers)
+
+    # -- driving time -----------------------------------------------------------------------------
+
+    async def cycle(self, count: int = 1) -> None:
+        """`count` poll cycles, each followed by everything it set going (posts, edits, reports)."""
+        for _ in range(count):
+            await self.parts.poller.cycle()
+            await self.settle()
+
+    async def settle(self, timeout: float = 20.0) -> None:
+        """Until every task this bot started (lazy listeners, notifier workers, reports, card
+        edits) has finished: the state the test then reads is the one they left."""
+        me = asyncio.current_task()
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            await asyncio.sleep(0)
+            parked = self.clock.parked_tasks()  # waiting for the test to move the clock
+            pending = [t for t in asyncio.all_tasks() if t is not me and not t.done() and t not in parked]
+            if not pending:
+                return
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                raise AssertionError(f"tasks still running after {timeout:g}s: {pending[:3]}")
+            await asyncio.wait(pending, timeout=remaining)
+
+    async def reply(self, key: str, timeout: float = 10.0) -> dict[str, Any]:
+        """The first reply sent to a command's response_url."""
+        await self.settle()
+        await self.slack.wait_for_async(lambda s: s.responses_for(key), timeout=timeout)
+        return self.slack.responses_for(key)[0].json
+
+    # -- life and death ---------------------------------------------------------------------------
+
+    async def stop(self) -> None:
+        """Let what is under way finish, then close the connections (not the shared database)."""
+        await self.settle()
+        await self.http.aclose()
+        await self.parts.close()
+        self.store.close()
+
+    async def restart(self, **env: str) -> InProcessBot:
+        """Stop, and start a new process' worth of parts on the same database and clock."""
+        await self.stop()
+        return InProcessBot(
+            self.openai, self.slack, self.workdir, clock=self.clock, owner=self.owner, **{**self.env, **env}
+        )
+
+    def replica(self, owner: str, **env: str) -> InProcessBot:
+        """Another replica on the same database and clock (PostgreSQL: DATABASE_URL in env)."""
+        return InProcessBot(
+            self.openai, self.slack, self.workdir, clock=self.clock, owner=owner, **{**self.env, **env}
+        )
