@@ -357,9 +357,26 @@ class Metrics:
             "Card edits due but held back by the edit budget (counted at each flush)",
             registry=r,
         )
+        self._start_at_zero()
         self._store = _StoreCollector()
         r.register(self._store)
         self._store_reader: StoreReader | None = None
+
+    def _start_at_zero(self) -> None:
+        """Create at 0 the series that alerts and rate panels divide or sum: prometheus_client
+        makes a labelled series only at its first increment, already counting it, so `rate()`
+        would never see that first failure (Prometheus' instrumentation guide: "Avoid missing
+        metrics"). Only the failure side and the rarer events: a bounded, fixed set."""
+        for operation in sorted(OPENAI_OPERATIONS - {"other"}):
+            for failed in ("5xx", "error"):
+                self.openai_requests.labels(operation, failed)
+            self.openai_retries.labels(operation)
+        for method in sorted(SLACK_METHODS):
+            self.slack_rate_limited.labels(method)
+        for result in sorted(WEBHOOK_RESULTS):
+            self.webhook_deliveries.labels(result)
+        for result in sorted(CARD_EDIT_RESULTS):
+            self.card_edits.labels(result)
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Metrics:
         # Bolt deep-copies each request's context (its Web API client included) for lazy

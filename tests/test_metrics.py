@@ -499,3 +499,20 @@ def test_readyz_is_503_while_the_socket_mode_socket_is_down(fake_openai: FakeOpe
             )
         finally:
             assert bot.stop() == 0, bot.logs
+
+
+async def test_failure_series_exist_at_zero_before_the_first_failure() -> None:
+    """`rate()` only sees increments after a series exists: the first OpenAI 5xx, retry, Slack 429
+    or refused webhook after a start must count, so their series start at 0."""
+    found = samples((await Metrics().exposition()).decode())
+    for operation in ("createFineTuningJob", "listPaginatedFineTuningJobs", "retrieveFineTuningJob"):
+        for failed in ("5xx", "error"):
+            key = ("finetune_openai_requests_total", (("operation", operation), ("status_class", failed)))
+            assert found[key] == 0.0
+        assert found[("finetune_openai_retries_total", (("operation", operation),))] == 0.0
+    assert found[("finetune_slack_rate_limited_total", (("method", "chat.postMessage"),))] == 0.0
+    assert found[("finetune_webhook_deliveries_total", (("result", "bad_signature"),))] == 0.0
+    assert found[("finetune_card_edits_total", (("result", "rate_limited"),))] == 0.0
+    # Nothing unbounded was created: no "other" operation, no 2xx before any request.
+    assert not any(labels and ("operation", "other") in labels for _, labels in found)
+    assert not any(("status_class", "2xx") in labels for _, labels in found)
