@@ -15,11 +15,13 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from bot import modal
 from bot.runner import UNCONFIRMED_LOOKUPS
 from bot.store import audit
 from tests.fakes import FakeOpenAI, FakeSlack
 from tests.harness import all_text
 from tests.inprocess import InProcessBot, crashing_at
+from tests.test_e2e_training import GOOD, start_value
 
 MAY_HAVE = "may or may not have started"
 STARTED_AFTER_ALL = "did start"
@@ -165,3 +167,49 @@ async def test_a_create_audited_before_the_database_failed_is_not_audited_twice(
     await bot.cycle()
     assert await announced(bot, job_id)
     assert trail(bot, key) == [("create", job_id, "ok", None, None)]
+
+
+async def started_training_report(bot: InProcessBot) -> tuple[str, str]:
+    """A training file sent through the create form and checked: the Start button's value and the
+    report's ts."""
+    response, _ = await bot.command("create")
+    assert response.status_code == 200
+    await bot.settle()
+    [opened] = [v for v in bot.slack.views if v.ok]
+    view = bot.slack.view(opened.view_id)
+    file = bot.slack.add_file("train.jsonl", GOOD, channel="C123")
+    submitted = await bot.interact(bot.slack.view_submission_payload(view, {modal.TRAINING_UPLOAD: file}))
+    assert submitted.status_code == 200, submitted.text
+    await bot.settle()
+    [report] = [m for m in bot.slack.messages_in("C123") if start_value(m) is not None]
+    value = start_value(report)
+    assert value is not None
+    return value, report.ts
+
+
+async def test_a_training_start_whose_create_answer_was_lost(bot: InProcessBot) -> None:
+    value, ts = await started_training_report(bot)
+    bot.openai.fail_next(502, path="/fine_tuning/jobs", method="POST", times=3, processed=True)
+    click = bot.slack.block_actions_payload(
+        "training_start",
+        value,
+        message_ts=ts,
+        block_id="training_actions",
+        response_url=bot.slack.response_url(),
+    )
+    assert (await bot.interact(click)).status_code == 200
+    await bot.settle()
+    [job_id] = bot.openai.jobs
+    key = only_key(bot.openai)
+    # Neither the click nor its create claims a failure: both are unconfirmed.
+    assert trail(bot, key) == [
+        ("create", None, "unconfirmed", "OpenAI 502", None),
+        ("start_training", None, "unconfirmed", "OpenAI did not confirm the create", None),
+    ]
+
+    await lookups_until(bot, UNCONFIRMED_LOOKUPS[0])
+    assert await announced(bot, job_id)
+    confirmed = trail(bot, key)[-1]
+    assert confirmed[:3] == ("create", job_id, "ok") and confirmed[4] == "reconciler"
+    text = await history(bot, job_id)
+    assert "*create*" in text and ": ok (confirmed later" in text, text
