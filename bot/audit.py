@@ -5,6 +5,11 @@ unwatch) is recorded, refused ones included, in `finetune_audit` (bot/store.py) 
 ("audit: <@U1> cancel ftjob-… in C1: ok"). Recording never fails the action: a database error is
 logged and the action goes on. Rows older than AUDIT_RETENTION_DAYS are deleted by the poll cycle
 (`AuditRetention`), at most once an hour and a bounded number at a time.
+
+The trail is append-only. A create whose outcome is not known when it is recorded (OpenAI's
+answer was lost) is recorded `unconfirmed`, without a job; the reconciler (bot/pending.py), once
+it knows, adds a row of its own: `ok` naming the job, or `failed` when no job was made. Every
+create row carries the create's key in `detail`, which ties the two together.
 """
 
 from __future__ import annotations
@@ -42,6 +47,9 @@ class Result(StrEnum):
     OK = "ok"
     REFUSED = "refused"  # not allowed, not readable, or the job's state does not allow it
     FAILED = "failed"  # OpenAI or the database failed
+    # OpenAI's answer to a create was lost (timeout, 5xx): a job may or may not exist. The
+    # reconciler's later row says which.
+    UNCONFIRMED = "unconfirmed"
 
 
 @dataclass(frozen=True)
@@ -88,6 +96,21 @@ class Auditor:
             )
         except Exception as error:
             log.warning("could not write the audit row of %s: %s", audit_line(entry), type(error).__name__)
+
+    async def record_unless_done(self, entry: AuditEntry) -> None:
+        """Record the entry unless its job already has a successful row of the same action: a
+        create the reconciler finishes may have been recorded `ok` by the runner before the
+        process died or the database failed. Never raises; if the trail cannot be read, the entry
+        is recorded (a conclusion said twice beats one lost)."""
+        if entry.job_id is not None:
+            try:
+                done = await asyncio.to_thread(self._store.last_audited, entry.job_id, entry.action.value)
+            except Exception as error:
+                log.warning("could not read the audit trail of %s: %s", entry.job_id, type(error).__name__)
+                done = None
+            if done is not None:
+                return
+        await self.record(entry)
 
 
 class AuditRetention:

@@ -14,6 +14,9 @@ start) takes such rows over and:
   `runner.UNCONFIRMED_LOOKUPS`; found → watched and announced, and the user told through the
   response_url that it started after all; never found by the last lookup → abandoned, logged, and
   the user told a retry is safe.
+
+Whatever it concludes is audited (bot/audit.py) in a row of its own, by the reconciler, for the
+person who ran the command: `ok` naming the job, or `failed` when no job was made.
 """
 
 from __future__ import annotations
@@ -28,9 +31,16 @@ from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from bot import render
+from bot.audit import Action, AuditEntry, Auditor, Result
 from bot.models import FineTuningJob
 from bot.openai_client import FineTuningClient, OpenAIError
-from bot.runner import ANNOUNCEMENT_EVENT, CHANNEL_REFUSED, CommandRunner, unconfirmed_lookups
+from bot.runner import (
+    ANNOUNCEMENT_EVENT,
+    CHANNEL_REFUSED,
+    CommandRunner,
+    create_audit_detail,
+    unconfirmed_lookups,
+)
 from bot.store import PendingCreate, Store, Watch
 
 log = logging.getLogger(__name__)
@@ -42,6 +52,11 @@ ABANDON_AFTER = 600.0
 KEEP_CLOSED = 7 * 86400.0
 # How long response_url accepts replies (Slack: 30 minutes).
 RESPONSE_URL_LIFETIME = 1800.0
+# Why the reconciler's audit row concludes a create as it does (`/finetune history` shows them).
+CONFIRMED_AFTER_LOST_ANSWER = "confirmed later: OpenAI's answer was lost, the job was found by its key"
+CONFIRMED_HALF_DONE = "confirmed later: the create was left half-done"
+NONE_AFTER_LOST_ANSWER = "no job was started: OpenAI never confirmed it and none appeared with its key"
+NONE_HALF_DONE = "no job was started: the create was left half-done and none appeared with its key"
 
 
 def lookup_due(row: PendingCreate, now: float, schedule: tuple[float, ...]) -> bool:
@@ -70,7 +85,9 @@ class CreateReconciler:
         stale_after: float,
         others_orphaned: bool,
         clock: Callable[[], float] = time.time,
+        auditor: Auditor | None = None,
     ) -> None:
+        self._auditor = auditor or Auditor(store, clock=clock)
         self._store = store
         self._openai = openai
         self._slack = slack
@@ -144,6 +161,7 @@ class CreateReconciler:
             row.channel_id,
         )
         await asyncio.to_thread(self._store.close_create, row.trigger_id, "abandoned", "unconfirmed, no job")
+        await self._audit_conclusion(row, None, NONE_AFTER_LOST_ANSWER)
         await self._reply(row, render.render_create_never_started(row.params.get("training_file")))
         return 1
 
@@ -170,6 +188,7 @@ class CreateReconciler:
                     row.channel_id,
                 )
                 await asyncio.to_thread(self._store.close_create, row.trigger_id, "abandoned", "no job found")
+                await self._audit_conclusion(row, None, NONE_HALF_DONE)
             return 0
         return await self._watch_and_announce(row, job)
 
@@ -178,13 +197,20 @@ class CreateReconciler:
             self._store.record_created, row, job_id=job.id, job_created_at=job.created_at, status=job.status
         )
         if watch is None:
-            return 0  # recorded meanwhile by whoever announces it
+            return 0  # recorded meanwhile by whoever announces it (and audits it)
         log.info("found %s started by create %s; watching and announcing it", job.id, row.trigger_id)
+        # Before the announcement: should the process die while announcing, the `created` row's
+        # reconciliation finds the audit done.
+        why = CONFIRMED_AFTER_LOST_ANSWER if row.state == "unconfirmed" else CONFIRMED_HALF_DONE
+        await self._audit_conclusion(row, job.id, why)
         reply = await self._runner.announce_created(row, job, watch)
         await self._reply(row, reply)
         return 1
 
     async def _finish_announcement(self, row: PendingCreate, job_id: str, watch_id: int) -> int:
+        # Its ok row is normally written (by the runner, or the reconciler that found the job),
+        # unless the database failed just then.
+        await self._audit_conclusion(row, job_id, CONFIRMED_HALF_DONE)
         ts = await self._announcement_in_slack(row)
         if ts is not None:
             log.info("the announcement of %s was already in Slack (ts %s)", job_id, ts)
@@ -197,6 +223,27 @@ class CreateReconciler:
         reply = await self._runner.announce_created(row, job, watch)
         await self._reply(row, reply)
         return 1
+
+    async def _audit_conclusion(self, row: PendingCreate, job_id: str | None, reason: str) -> None:
+        """What the create came to, as the reconciler learnt it: `ok` with the job (unless the
+        job's create is already recorded `ok`), or `failed` when no job was made.
+
+        A row of its own, never an update of the runner's: that row says what was known when the
+        command ran (a lost answer: `unconfirmed`, no job), and a trail whose rows change later
+        could no longer be trusted to say what was known, or done, when. The two carry the same
+        key. `at` is when the reconciler learnt it; `requested_at` when the command came."""
+        detail = {k: v for k, v in create_audit_detail(row.params, row.trigger_id).items() if v is not None}
+        entry = AuditEntry(
+            team_id=row.team_id,
+            channel_id=row.channel_id,
+            user_id=row.user_id,
+            action=Action.CREATE,
+            job_id=job_id,
+            result=Result.OK if job_id is not None else Result.FAILED,
+            reason=reason,
+            detail={**detail, "by": "reconciler", "requested_at": row.created_at},
+        )
+        await self._auditor.record_unless_done(entry)
 
     async def _announcement_in_slack(self, row: PendingCreate) -> str | None:
         try:

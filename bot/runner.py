@@ -179,6 +179,18 @@ def create_request(command: CreateCommand, invocation: Invocation, key: str) -> 
     }
 
 
+def create_audit_detail(params: dict[str, Any], key: str) -> dict[str, Any]:
+    """What a create's audit rows keep of its request (ids and names only, nothing long), and its
+    key: the runner's row and the reconciler's later conclusion carry the same one."""
+    return {"key": key, **{name: params.get(name) for name in ("model", "training_file", "suffix")}}
+
+
+def answer_lost(error: OpenAIError) -> bool:
+    """A timeout, 5xx or garbled answer: OpenAI may have made the job anyway. Any other refusal
+    (4xx: bad file, quota…) made nothing."""
+    return isinstance(error, ServerError | UnavailableError)
+
+
 def _openai_reason(error: OpenAIError) -> str:
     return f"OpenAI {error.status or type(error).__name__}" + (f" {error.code}" if error.code else "")
 
@@ -686,8 +698,7 @@ class CommandRunner:
         self, key: str, command: CreateCommand, invocation: Invocation
     ) -> render.Reply | None:
         request = create_request(command, invocation, key)
-        # What the audit row keeps of the request (ids and names only, nothing long).
-        summary = {"model": command.model, "training_file": command.training_file, "suffix": command.suffix}
+        summary = create_audit_detail(request, key)
         try:
             pending, fresh = await asyncio.to_thread(
                 self._store.begin_create,
@@ -710,8 +721,10 @@ class CommandRunner:
         try:
             job = await self._openai.create_job(**request, idempotency_key=key)
         except OpenAIError as error:
-            reason = _openai_reason(error)
-            await self._audit(invocation, Action.CREATE, None, Result.FAILED, reason, **summary)
+            # A lost answer is not a failure: whether a job was made is known only when the
+            # reconciler has looked it up, and its row will say (bot/pending.py).
+            result = Result.UNCONFIRMED if answer_lost(error) else Result.FAILED
+            await self._audit(invocation, Action.CREATE, None, result, _openai_reason(error), **summary)
             return await self._create_failed(pending, error)
         crash_point("after_openai_create")
         log.info("created %s for user %s in channel %s", job.id, invocation.user_id, invocation.channel_id)
@@ -719,10 +732,10 @@ class CommandRunner:
         return await self.record_and_announce(pending, job)
 
     async def _create_failed(self, pending: PendingCreate, error: OpenAIError) -> render.Reply:
-        # A timeout, 5xx or garbled answer leaves it unknown whether OpenAI made the job: the row
-        # stays `unconfirmed` and the reconciler looks the job up by its key later (and tells the
-        # user either way). Any other refusal (4xx: bad file, quota…) created nothing: `failed`.
-        unconfirmed = isinstance(error, ServerError | UnavailableError)
+        # A lost answer leaves it unknown whether OpenAI made the job: the row stays `unconfirmed`
+        # and the reconciler looks the job up by its key later (and tells the user either way).
+        # Any other refusal created nothing: `failed`.
+        unconfirmed = answer_lost(error)
         log.warning(
             "OpenAI %s CreateCommand %s (status=%s code=%s request_id=%s)",
             "did not confirm" if unconfirmed else "refused",

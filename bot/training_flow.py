@@ -257,7 +257,8 @@ class TrainingFlow:
 
     async def start(self, upload_id: str, invocation: Invocation) -> render.Reply | None:
         """The Start button: upload once, create once. Returns what to tell the clicker privately.
-        The click is audited (the create it makes is audited too, by the runner)."""
+        The click is audited (the create it makes is audited too, by the runner, and when OpenAI's
+        answer is lost, concluded by the reconciler: the click's row is then `unconfirmed`)."""
         reply, result, reason, job_id = await self._start_checked(upload_id, invocation)
         entry = AuditEntry(
             team_id=invocation.team_id,
@@ -267,7 +268,8 @@ class TrainingFlow:
             job_id=job_id,
             result=result,
             reason=reason,
-            detail={"upload": upload_id},
+            # The key of the create this click makes, if it makes one: the create's rows carry it.
+            detail={"upload": upload_id, "key": create_key(invocation.trigger_id)},
         )
         if self._auditor is not None:
             await self._auditor.record(entry)
@@ -355,8 +357,12 @@ class TrainingFlow:
             # going: the file is in OpenAI, nothing was started; Start can be clicked again.
             await asyncio.to_thread(self._uploads.release, row.id, "uploaded", "create refused")
             await self._restore_report(row)
-        # The create itself was refused or is unconfirmed: its own audit row says which.
-        return reply, Result.FAILED, "no job created", None
+            return reply, Result.FAILED, "no job created", None
+        # OpenAI's answer was lost (or what it came to could not be written down): a job may exist.
+        # The reconciler finds it or gives it up, and its audit row of the create says which.
+        lost = pending.state == "unconfirmed"
+        why = "OpenAI did not confirm the create" if lost else "create left half-done"
+        return reply, Result.UNCONFIRMED, why, None
 
     async def _created_job(self, trigger_id: str) -> str | None:
         store = self._uploads.store

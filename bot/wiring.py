@@ -189,6 +189,7 @@ def build_components(
         stale_after=lease_ttl,
         others_orphaned=single_process,
         clock=clock.time,
+        auditor=auditor,
     )
     poller = Poller(
         store,

@@ -17,16 +17,20 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
+import sys
 import urllib.parse
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from bot import crash
 from bot.config import Settings, load_settings
 from bot.server import build_asgi
 from bot.store import Store
@@ -43,6 +47,39 @@ def sign_webhook(secret: str, webhook_id: str, timestamp: int, body: str) -> str
     key = base64.b64decode(secret.removeprefix("whsec_"))
     digest = hmac.new(key, f"{webhook_id}.{timestamp}.{body}".encode(), hashlib.sha256).digest()
     return "v1," + base64.b64encode(digest).decode()
+
+
+class SimulatedCrash(BaseException):
+    """Raised at a crash point by `crashing_at`. A BaseException, so that no `except Exception`
+    on the way up turns the death into a handled error."""
+
+
+@contextlib.contextmanager
+def crashing_at(point: str) -> Iterator[None]:
+    """Within the block, the work that reaches the crash point `point` (bot/crash.py: where
+    FINETUNE_CRASH_AT would SIGKILL a real process) stops there, as if the process had died:
+    what it had not yet written down stays unwritten. Only that task stops, so follow it with
+    `InProcessBot.restart` (the next process) before relying on what the bot does next; a crash
+    point that must stop the whole process at once belongs in the end-to-end tests."""
+
+    def crash_point(name: str) -> None:
+        if name == point:
+            raise SimulatedCrash(name)
+
+    # Every bot module imports the function by name: replace it where it is used.
+    real = crash.crash_point
+    users = [
+        module
+        for name, module in list(sys.modules.items())
+        if name.startswith("bot.") and module is not crash and getattr(module, "crash_point", None) is real
+    ]
+    for module in users:
+        module.crash_point = crash_point  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        for module in users:
+            module.crash_point = real  # type: ignore[attr-defined]
 
 
 class InProcessBot:

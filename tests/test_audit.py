@@ -17,7 +17,7 @@ from bot.card import changed_by_line, render_card
 from bot.commands import HistoryCommand, ParseError, parse_command
 from bot.models import FineTuningJob
 from bot.render import HistoryEntry, render_history
-from bot.store import SCHEMA_VERSION, Store, schema_info
+from bot.store import SCHEMA_VERSION, Store, audit, schema_info
 from tests.db import fresh_postgres_database
 from tests.harness import all_text
 
@@ -116,6 +116,9 @@ class BrokenStore:
     def purge_audit(self, before: float, *, limit: int) -> int:
         raise sa.exc.OperationalError("DELETE", {}, Exception("database is down"))
 
+    def last_audited(self, job_id: str, action: str) -> None:
+        raise sa.exc.OperationalError("SELECT", {}, Exception("database is down"))
+
 
 ENTRY = AuditEntry("T1", "C1", "U1", Action.CANCEL, "ftjob-abc", Result.REFUSED, "not allowed")
 
@@ -140,6 +143,32 @@ def test_the_auditor_writes_the_row(store: Store) -> None:
     [found] = store.job_audit("ftjob-abc")
     assert (found.at, found.action, found.result) == (1234.5, "cancel", "refused")
     assert found.reason == "not allowed"
+
+
+def test_a_conclusion_is_recorded_unless_the_job_already_has_its_ok_row(store: Store) -> None:
+    auditor = Auditor(store, clock=lambda: 1234.5)
+    found = AuditEntry("T1", "C1", "U1", Action.CREATE, "ftjob-abc", Result.OK, "confirmed later")
+    asyncio.run(auditor.record_unless_done(found))
+    asyncio.run(auditor.record_unless_done(found))  # the reconciler again, or after the runner's row
+    assert [(r.action, r.result, r.reason) for r in store.job_audit("ftjob-abc")] == [
+        ("create", "ok", "confirmed later")
+    ]
+    # A failure names no job: nothing to look up, always recorded.
+    none = AuditEntry("T1", "C1", "U1", Action.CREATE, None, Result.FAILED, "no job was started")
+    asyncio.run(auditor.record_unless_done(none))
+    asyncio.run(auditor.record_unless_done(none))
+    with store.engine.connect() as conn:
+        failed = conn.execute(sa.select(sa.func.count()).select_from(audit).where(audit.c.job_id.is_(None)))
+        assert failed.scalar() == 2
+
+
+def test_a_conclusion_whose_trail_cannot_be_read_is_recorded_anyway(caplog: pytest.LogCaptureFixture) -> None:
+    found = AuditEntry("T1", "C1", "U1", Action.CREATE, "ftjob-abc", Result.OK, "confirmed later")
+    with caplog.at_level(logging.INFO, logger="bot.audit"):
+        asyncio.run(Auditor(BrokenStore()).record_unless_done(found))  # type: ignore[arg-type]
+    messages = [r.getMessage() for r in caplog.records]
+    assert "could not read the audit trail of ftjob-abc: OperationalError" in messages[0]
+    assert messages[1] == audit_line(found)  # then it tried to write it
 
 
 def test_retention_purges_at_most_hourly(store: Store) -> None:

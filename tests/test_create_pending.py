@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import shutil
 import subprocess
 import tempfile
@@ -27,7 +28,7 @@ from bot.store import SCHEMA_VERSION, Store, metadata, pending_creates, schema_i
 from tests.bot_process import SIGNING_SECRET
 from tests.db import PG_ADMIN_URL, fresh_postgres_database, require_postgres
 from tests.fakes import FakeOpenAI, FakeSlack, sign_slack_request
-from tests.harness import Harness, all_text, start_bot
+from tests.harness import Harness, all_text, query_db, start_bot
 from tests.test_e2e_exactly_once import wait_killed
 from tests.test_e2e_notifications import outcomes
 
@@ -43,6 +44,13 @@ def announcements(h: Harness, job_id: str) -> list[object]:
         and job_id in all_text({"t": m.text, "b": m.blocks})
         and (m.params.get("metadata") or {}).get("event_type") != "finetune_outcome"
     ]
+
+
+def create_audits(h: Harness, job_id: str) -> list[tuple[str, str | None]]:
+    """The job's create rows in the audit trail: result, and who concluded it (None: the runner)."""
+    sql = "SELECT result, detail FROM finetune_audit WHERE job_id = :j AND action = 'create' ORDER BY id"
+    rows = query_db(h.db_url, sql, j=job_id)
+    return [(r.result, json.loads(r.detail or "{}").get("by")) for r in rows]
 
 
 def signed_create(h: Harness, trigger_id: str, key: str) -> tuple[str, dict[str, str]]:
@@ -136,6 +144,8 @@ def test_killed_after_openai_created_the_job_is_found_and_announced_once(
         fake_slack.wait_for(lambda s: announcements(h, job_id), timeout=15)
         [request] = fake_openai.requests_to(r"/fine_tuning/jobs", "GET")[:1]
         assert request.query.get("metadata[slack_trigger]")  # found by its metadata
+        # Killed before its audit row: the reconciler's row records the create, once.
+        assert create_audits(h, job_id) == [("ok", "reconciler")]
         # It is watched: its outcome is threaded under that one announcement.
         fake_openai.set_status(job_id, "succeeded")
         fake_slack.wait_for(lambda s: outcomes(h, job_id), timeout=15)
@@ -373,6 +383,10 @@ def test_database_failing_while_openai_creates_still_gives_the_job_id(
             fake_openai.set_status(job_id, "succeeded")
             fake_slack.wait_for(lambda s: outcomes(h, job_id), timeout=20)
             assert len(announcements(h, job_id)) == 1 and len(fake_openai.jobs) == 1
+            # Its create is in the trail once: the runner's row if the database took it, else the
+            # reconciler's.
+            [(result, _)] = create_audits(h, job_id)
+            assert result == "ok"
         finally:
             assert bot.stop() == 0, bot.logs
 

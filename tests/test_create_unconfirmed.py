@@ -24,7 +24,7 @@ from tests.db import fresh_postgres_database
 from tests.fakes import FakeOpenAI, FakeSlack
 from tests.fakes.openai import RecordedRequest
 from tests.harness import Harness, all_text, query_db, start_bot
-from tests.test_create_pending import announcements
+from tests.test_create_pending import announcements, create_audits
 from tests.test_e2e_exactly_once import wait_killed
 from tests.test_e2e_notifications import outcomes
 
@@ -193,6 +193,8 @@ def killed_then_restarted(
     try:
         fake_slack.wait_for(lambda s: announcements(h, job_id), timeout=30)
         assert lookups(fake_openai, key)
+        # The runner's row was "unconfirmed", with no job; the reconciler's names it.
+        assert create_audits(h, job_id) == [("ok", "reconciler")]
         fake_slack.wait_for(lambda s: len(s.responses_for(reply_key)) >= 2, timeout=10)
         assert STARTED_AFTER_ALL in texts(fake_slack, reply_key)[1]
         fake_openai.set_status(job_id, "cancelled")
