@@ -31,6 +31,7 @@ from typing import Any
 import httpx
 
 from bot import crash
+from bot.chart_renderer import ChartRenderer
 from bot.config import Settings, load_settings
 from bot.server import build_asgi
 from bot.store import Store
@@ -91,6 +92,7 @@ class InProcessBot:
         *,
         clock: FakeClock | None = None,
         owner: str = "replica-a",
+        renderer: ChartRenderer | None = None,
         **env: str,
     ) -> None:
         self.openai = openai
@@ -98,12 +100,15 @@ class InProcessBot:
         self.workdir = workdir
         self.clock = clock or FakeClock()
         self.owner = owner
+        self.renderer = renderer  # None: a chart worker of its own, as a process has
         self.env = {"DATABASE_URL": f"sqlite:///{workdir / 'finetune-bot.db'}", **env}
         settings = load_settings(bot_env(openai, slack, **self.env))
         assert isinstance(settings, Settings), settings
         self.settings = settings
         self.store = Store.from_url(settings.database_url, clock=self.clock)
-        self.parts: Components = build_components(settings, self.store, owner=owner, clock=self.clock)
+        self.parts: Components = build_components(
+            settings, self.store, owner=owner, clock=self.clock, renderer=renderer
+        )
         self.asgi = build_asgi(settings, self.store, parts=self.parts)
         self.http = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.asgi), base_url="http://bot")
 
@@ -190,11 +195,23 @@ class InProcessBot:
         """Stop, and start a new process' worth of parts on the same database and clock."""
         await self.stop()
         return InProcessBot(
-            self.openai, self.slack, self.workdir, clock=self.clock, owner=self.owner, **{**self.env, **env}
+            self.openai,
+            self.slack,
+            self.workdir,
+            clock=self.clock,
+            owner=self.owner,
+            renderer=self.renderer,
+            **{**self.env, **env},
         )
 
     def replica(self, owner: str, **env: str) -> InProcessBot:
         """Another replica on the same database and clock (PostgreSQL: DATABASE_URL in env)."""
         return InProcessBot(
-            self.openai, self.slack, self.workdir, clock=self.clock, owner=owner, **{**self.env, **env}
+            self.openai,
+            self.slack,
+            self.workdir,
+            clock=self.clock,
+            owner=owner,
+            renderer=self.renderer,
+            **{**self.env, **env},
         )
