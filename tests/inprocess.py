@@ -162,7 +162,8 @@ class InProcessBot:
 
     async def settle(self, timeout: float = 20.0) -> None:
         """Until every task this bot started (lazy listeners, notifier workers, reports, card
-        edits) has finished: the state the test then reads is the one they left."""
+        edits) has finished, or waits for the fake clock to move: the state the test then reads is
+        the one they left."""
         me = asyncio.current_task()
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
@@ -174,7 +175,11 @@ class InProcessBot:
             remaining = deadline - asyncio.get_running_loop().time()
             if remaining <= 0:
                 raise AssertionError(f"tasks still running after {timeout:g}s: {pending[:3]}")
-            await asyncio.wait(pending, timeout=remaining)
+            parks = self.clock.next_park()
+            try:
+                await asyncio.wait([*pending, parks], timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                parks.cancel()
 
     async def reply(self, key: str, timeout: float = 10.0) -> dict[str, Any]:
         """The first reply sent to a command's response_url."""

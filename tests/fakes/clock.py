@@ -34,6 +34,7 @@ class FakeClock:
         self._monotonic = 1_000.0
         self.sleeps: list[float] = []
         self._parked: list[_Parked] = []
+        self._park_watchers: list[asyncio.Future[None]] = []
 
     def time(self) -> float:
         return self._now
@@ -49,6 +50,13 @@ class FakeClock:
         self._monotonic += seconds
         for parked in [p for p in self._parked if p.deadline <= self._monotonic]:
             self._release(parked, False)
+
+    def next_park(self) -> asyncio.Future[None]:
+        """Resolved when a task next parks: a waiter for tasks to finish must look again then, as
+        a task it waits for may now be waiting for time instead."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._park_watchers.append(future)
+        return future
 
     def parked_tasks(self) -> set[asyncio.Task[object]]:
         """Tasks waiting for the clock to move (or for their event)."""
@@ -79,6 +87,10 @@ class FakeClock:
             parked.tasks.add(helper)  # type: ignore[arg-type]
             helper.add_done_callback(lambda _: self._release(parked, True))
         self._parked.append(parked)
+        watchers, self._park_watchers = self._park_watchers, []
+        for watcher in watchers:
+            if not watcher.done():
+                watcher.set_result(None)
         try:
             return await parked.done
         finally:
