@@ -160,9 +160,12 @@ class FineTuningClient:
         project: str | None = None,
         retry: RetryPolicy | None = None,
         sleep: Callable[[float], Any] = asyncio.sleep,
+        monotonic: Callable[[], float] = time.monotonic,
         max_concurrency: int = 20,
         metrics: Metrics | None = None,
     ) -> None:
+        # The retry budget is measured on the clock the backoff sleeps on (a test's fake clock).
+        self._monotonic = monotonic
         self._http = http
         self._metrics = metrics or Metrics()
         self._slots = asyncio.Semaphore(max_concurrency)
@@ -406,7 +409,7 @@ class FineTuningClient:
             )
             headers["Idempotency-Key"] = idempotency_key or f"finetune-bot-{uuid.uuid4()}"
         policy = self._retry
-        deadline = time.monotonic() + policy.total_budget
+        deadline = self._monotonic() + policy.total_budget
         operation = openai_operation(method, path)
         attempt = 0
         while True:
@@ -417,7 +420,7 @@ class FineTuningClient:
                 # its whole queue each time a connection frees up, burning the CPU that Slack
                 # acknowledgements need (measured by bench/ack.py).
                 async with self._slots:
-                    remaining = deadline - time.monotonic()
+                    remaining = deadline - self._monotonic()
                     started = time.perf_counter()  # OpenAI's latency, not our queue's
                     response = await self._http.request(
                         method,
@@ -458,7 +461,7 @@ class FineTuningClient:
             if not _is_retryable(error) or attempt >= policy.max_attempts:
                 raise error
             delay = retry_after if retry_after is not None else policy.backoff(attempt)
-            remaining = deadline - time.monotonic()
+            remaining = deadline - self._monotonic()
             if delay >= remaining - 0.5:
                 # Waiting as long as OpenAI asks would break the budget: give up now, honestly.
                 raise error

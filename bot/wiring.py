@@ -103,6 +103,7 @@ def build_components(
         max_concurrency=settings.openai_max_connections,
         metrics=metrics,
         sleep=clock.sleep,
+        monotonic=clock.monotonic,
     )
     slack_client = build_slack_client(settings, metrics=metrics)
     app = build_app(settings, slack_client, identity, metrics)
