@@ -121,7 +121,11 @@ class Poller:
         if self._single_process:
             live = 1
         watches = await asyncio.to_thread(
-            self._store.claim_watches, self._owner, ttl=self._lease_ttl, live_replicas=live
+            self._store.claim_watches,
+            self._owner,
+            ttl=self._lease_ttl,
+            live_replicas=live,
+            include_released=True,  # looked at once more as they go: see claim_watches
         )
         if not watches:
             return None

@@ -194,3 +194,21 @@ def test_a_claim_over_the_fair_share_returns_and_renews_only_what_it_keeps(store
         ]
     assert leases[:3] == [(f"ftjob-{i}", "r1", now + 70) for i in range(3)]
     assert leases[3:] == [(f"ftjob-{i}", None, None) for i in range(3, 6)]
+
+
+def test_the_poller_looks_once_more_at_what_it_releases(store: Store) -> None:
+    """With include_released (the poller's claim), the excess is released and not renewed, but
+    still returned: the cycle looks at those jobs once more, so a job that ended meanwhile is not
+    left for a replica whose share has no room yet."""
+    add_watches(store, 6)
+    now = 1_000.0
+    store.claim_watches("r1", now=now, ttl=60, live_replicas=1)
+    looked_at = store.claim_watches("r1", now=now + 10, ttl=60, live_replicas=2, include_released=True)
+    assert [w.job_id for w in looked_at] == [f"ftjob-{i}" for i in range(6)]
+    with store.engine.connect() as conn:
+        rows = conn.execute(sa.select(watches.c.lease_owner).order_by(watches.c.id))
+        owners = [r.lease_owner for r in rows]
+    assert owners == ["r1"] * 3 + [None] * 3
+    # The released ones are free for the other replica at once.
+    taken = store.claim_watches("r2", now=now + 10, ttl=60, live_replicas=2)
+    assert [w.job_id for w in taken] == [f"ftjob-{i}" for i in range(3, 6)]
