@@ -132,7 +132,10 @@ class InProcessBot:
             remaining = deadline - asyncio.get_running_loop().time()
             if remaining <= 0:
                 raise AssertionError(f"tasks still running after {timeout:g}s: {pending[:3]}")
-            await asyncio.wait(pending, timeout=remaining)
+            # Until one of them finishes or any task parks (a task can park while this waits).
+            await asyncio.wait(
+                [*pending, self.clock.next_park()], timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+            )
 
     async def reply(self, key: str, timeout: float = 10.0) -> dict[str, Any]:
         """The first reply sent to a command's response_url."""
@@ -161,3 +164,21 @@ class InProcessBot:
         return InProcessBot(
             self.openai, self.slack, self.workdir, clock=self.clock, owner=owner, **{**self.env, **env}
         )
+
+    async def kill(self) -> None:
+        """Die the way SIGKILL leaves things: no hand-over, so this replica's heartbeat, leases and
+        outbox leases stay in the database until they lapse. Call it settled (after `cycle` or
+        `settle`): only the test's own connections are closed. A successor is `replica(...)` under
+        a new owner, as a new process would be (its owner names a new pid)."""
+        await self.http.aclose()
+        await self.parts.close()
+        self.store.close()
+
+    async def shut_down(self) -> None:
+        """Stop the way SIGTERM does once the window's work is done (bot.server's shut_down):
+        hand this replica's watches over and stop counting it as alive (store.retire), release the
+        notifications it leased, then stop."""
+        await self.settle()
+        self.store.retire(self.owner)
+        self.store.release_outbox(self.owner)
+        await self.stop()

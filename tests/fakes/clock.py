@@ -34,6 +34,7 @@ class FakeClock:
         self._monotonic = 1_000.0
         self.sleeps: list[float] = []
         self._parked: list[_Parked] = []
+        self._park_signal: asyncio.Future[None] | None = None
 
     def time(self) -> float:
         return self._now
@@ -53,6 +54,13 @@ class FakeClock:
     def parked_tasks(self) -> set[asyncio.Task[object]]:
         """Tasks waiting for the clock to move (or for their event)."""
         return {task for parked in self._parked for task in parked.tasks}
+
+    def next_park(self) -> asyncio.Future[None]:
+        """Done when a task next parks: whoever waits for tasks to finish (InProcessBot.settle)
+        stops waiting for one that parks meanwhile, instead of waiting out its own timeout."""
+        if self._park_signal is None or self._park_signal.done():
+            self._park_signal = asyncio.get_running_loop().create_future()
+        return self._park_signal
 
     async def sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)
@@ -79,6 +87,8 @@ class FakeClock:
             parked.tasks.add(helper)  # type: ignore[arg-type]
             helper.add_done_callback(lambda _: self._release(parked, True))
         self._parked.append(parked)
+        if self._park_signal is not None and not self._park_signal.done():
+            self._park_signal.set_result(None)
         try:
             return await parked.done
         finally:
