@@ -20,9 +20,10 @@ import asyncio
 import contextlib
 import contextvars
 import logging
+import random
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any
 
 from prometheus_client import (
@@ -463,12 +464,20 @@ class Metrics:
 
 
 class MeteredRateLimitRetryHandler(AsyncRateLimitErrorRetryHandler):
-    """slack_sdk's 429 retry (it sleeps Retry-After, plus up to a second), counting each 429 and
-    each wait; the retried 429s never reach `api_call`, so only this sees them."""
+    """slack_sdk's 429 retry (wait Retry-After, plus up to a second), counting each 429 and each
+    wait; the retried 429s never reach `api_call`, so only this sees them. The wait is taken on
+    `sleep` (the parts' bot.clock), not on asyncio's clock as slack_sdk's own handler does, so a
+    test's fake clock stands in for it; the length of the wait is slack_sdk's (`rate_limit_wait`)."""
 
-    def __init__(self, metrics: Metrics, max_retry_count: int = 1) -> None:
+    def __init__(
+        self,
+        metrics: Metrics | None,
+        max_retry_count: int = 1,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
         super().__init__(max_retry_count=max_retry_count)
         self._metrics = metrics
+        self._sleep = sleep
 
     async def prepare_for_next_attempt_async(
         self,
@@ -478,11 +487,23 @@ class MeteredRateLimitRetryHandler(AsyncRateLimitErrorRetryHandler):
         response: HttpResponse | None = None,
         error: Exception | None = None,
     ) -> None:
-        if response is not None:
+        if response is None:  # never: only a response is a 429 (`_can_retry_async`)
+            raise error if error is not None else RuntimeError("a 429 retry without a response")
+        if self._metrics is not None:
             self._metrics.slack_429(slack_method_of_url(request.url), _retry_after(response))
-        await super().prepare_for_next_attempt_async(
-            state=state, request=request, response=response, error=error
-        )
+        state.next_attempt_requested = True
+        await self._sleep(rate_limit_wait(response))
+        state.increment_current_attempt()
+
+
+def rate_limit_wait(response: HttpResponse) -> float:
+    """slack_sdk's wait before retrying a 429: Retry-After's whole seconds (1 when Slack names no
+    time), plus up to a second of jitter."""
+    for name, values in response.headers.items():
+        if name.lower() == "retry-after":
+            value = values[0] if isinstance(values, list) and values else values
+            return int(str(value)) + random.random()
+    return 1 + random.random()
 
 
 def _retry_after(response: HttpResponse) -> float | None:
@@ -520,13 +541,14 @@ class MeteredWebClient(AsyncWebClient):
 
 
 def metered_retry_handlers(
-    handlers: list[AsyncRetryHandler], metrics: Metrics | None
+    handlers: list[AsyncRetryHandler],
+    metrics: Metrics | None,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> list[AsyncRetryHandler]:
-    """The same handlers, with slack_sdk's 429 handler replaced by the counting one."""
-    if metrics is None:
-        return handlers
+    """The same handlers, with slack_sdk's 429 handler replaced by the one above (counting into
+    `metrics` when given, waiting on `sleep`)."""
     return [
-        MeteredRateLimitRetryHandler(metrics, h.max_retry_count)
+        MeteredRateLimitRetryHandler(metrics, h.max_retry_count, sleep)
         if type(h) is AsyncRateLimitErrorRetryHandler
         else h
         for h in handlers

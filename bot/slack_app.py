@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,7 +61,12 @@ class BotIdentity:
 
 
 def build_slack_client(
-    settings: Settings, *, posting: bool = False, with_token: bool = True, metrics: Metrics | None = None
+    settings: Settings,
+    *,
+    posting: bool = False,
+    with_token: bool = True,
+    metrics: Metrics | None = None,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> AsyncWebClient:
     """slack_sdk retries nothing but connection errors by default; a 429 (`Retry-After`) or a 5xx
     from Slack should delay a message, not lose it.
@@ -72,6 +77,7 @@ def build_slack_client(
     asks Slack whether the message is there.
 
     With `metrics`, every call is counted by method and result, and every 429 and its wait.
+    `sleep` waits out a 429's Retry-After (the parts' bot.clock; asyncio's by default).
     """
     handlers: list[AsyncRetryHandler] = [AsyncRateLimitErrorRetryHandler(max_retry_count=3)]
     if not posting:
@@ -85,10 +91,15 @@ def build_slack_client(
             token=token,
             base_url=settings.slack_api_url,
             timeout=10,
-            retry_handlers=metered_retry_handlers(handlers, metrics),
+            retry_handlers=metered_retry_handlers(handlers, metrics, sleep),
             metrics=metrics,
         )
-    return AsyncWebClient(token=token, base_url=settings.slack_api_url, timeout=10, retry_handlers=handlers)
+    return AsyncWebClient(
+        token=token,
+        base_url=settings.slack_api_url,
+        timeout=10,
+        retry_handlers=metered_retry_handlers(handlers, None, sleep),
+    )
 
 
 class WorkspaceAuthorizer(AsyncAuthorize):

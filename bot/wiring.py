@@ -105,7 +105,7 @@ def build_components(
         sleep=clock.sleep,
         monotonic=clock.monotonic,
     )
-    slack_client = build_slack_client(settings, metrics=metrics)
+    slack_client = build_slack_client(settings, metrics=metrics, sleep=clock.sleep)
     app = build_app(settings, slack_client, identity, metrics)
     owner = owner or f"{socket.gethostname()}:{settings.port}:{os.getpid()}"
     lease_ttl = lease_ttl_for(settings)
@@ -113,7 +113,7 @@ def build_components(
     if single_process:
         # SQLite means one process: leases left by a killed predecessor are ours to take now.
         store.release_all_leases()
-    posting_client = build_slack_client(settings, posting=True, metrics=metrics)
+    posting_client = build_slack_client(settings, posting=True, metrics=metrics, sleep=clock.sleep)
     # Cards are edited through a client of their own, so their 429s never hold up an outcome.
     cards = CardEditor(
         store,

@@ -220,3 +220,21 @@ class InProcessBot:
             renderer=self.renderer,
             **{**self.env, **env},
         )
+
+    async def kill(self) -> None:
+        """Die the way SIGKILL leaves things: no hand-over, so this replica's heartbeat, leases and
+        outbox leases stay in the database until they lapse. Call it settled (after `cycle` or
+        `settle`): only the test's own connections are closed. A successor is `replica(...)` under
+        a new owner, as a new process would be (its owner names a new pid)."""
+        await self.http.aclose()
+        await self.parts.close()
+        self.store.close()
+
+    async def shut_down(self) -> None:
+        """Stop the way SIGTERM does once the window's work is done (bot.server's shut_down):
+        hand this replica's watches over and stop counting it as alive (store.retire), release the
+        notifications it leased, then stop."""
+        await self.settle()
+        self.store.retire(self.owner)
+        self.store.release_outbox(self.owner)
+        await self.stop()
