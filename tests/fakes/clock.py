@@ -62,6 +62,42 @@ class FakeClock:
         """Tasks waiting for the clock to move (or for their event)."""
         return {task for parked in self._parked for task in parked.tasks}
 
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        if seconds <= SHORT:
+            self.advance(max(0.0, seconds))
+            await asyncio.sleep(0)
+            return
+        await self._park(seconds)
+
+    async def wait(self, event: asyncio.Event, timeout: float) -> bool:
+        if event.is_set():
+            return True
+        return await self._park(timeout, event)
+
+    async def _park(self, seconds: float, event: asyncio.Event | None = None) -> bool:
+        loop = asyncio.get_running_loop()
+        parked = _Parked(self._monotonic + seconds, loop.create_future())
+        me = asyncio.current_task()
+        assert me is not None
+        parked.tasks.add(me)
+        helper: asyncio.Task[bool] | None = None
+        if event is not None:
+            helper = asyncio.create_task(event.wait())
+            parked.tasks.add(helper)  # type: ignore[arg-type]
+            helper.add_done_callback(lambda _: self._release(parked, True))
+        self._parked.append(parked)
+        watchers, self._park_watchers = self._park_watchers, []
+        for watcher in watchers:
+            if not watcher.done():
+                watcher.set_result(None)
+        try:
+            return await parked.done
+        finally:
+            self._release(parked, False)
+            if helper is not None:
+                helper.cancel()
+
     def _release(self, parked: _Parked, result: bool) -> None:
         # Synchronously: from here on settle() waits for the woken task again.
         if parked in self._parked:
