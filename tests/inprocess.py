@@ -60,6 +60,7 @@ class InProcessBot:
         self.slack = slack
         self.workdir = workdir
         self.clock = clock or FakeClock()
+        slack.record_clock = self.clock.time  # what reached Slack, stamped on the bot's clock
         self.owner = owner
         self.env = {"DATABASE_URL": f"sqlite:///{workdir / 'finetune-bot.db'}", **env}
         settings = load_settings(bot_env(openai, slack, **self.env))
