@@ -100,6 +100,7 @@ class InProcessBot:
         self.slack = slack
         self.workdir = workdir
         self.clock = clock or FakeClock()
+        slack.record_clock = self.clock.time  # what reached Slack, stamped on the bot's clock
         self.owner = owner
         self.renderer = renderer  # None: a chart worker of its own, as a process has
         self.env = {"DATABASE_URL": f"sqlite:///{workdir / 'finetune-bot.db'}", **env}

@@ -4,6 +4,10 @@ Card edits wait in memory; a process that stops (SIGKILL) loses them. At its fir
 process edits the cards of jobs that ended recently whose outcome is out but whose card does not
 show the final state (from the outbox payload, no OpenAI request), and a card whose status moved
 on before its first edit is marked as owing one, so the next process edits it too.
+
+Here a real process is SIGKILLed between the outcome and its final card edit. The rest (a final
+card not edited again after restarts, a status change whose first edit was lost) is shown
+in-process, on a fake clock, in tests/test_inprocess_card.py.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import pytest
 from bot.store import Store
 from tests.db import fresh_postgres_database
 from tests.fakes import FakeOpenAI, FakeSlack
-from tests.harness import Harness, query_db, start_bot, wait_until
+from tests.harness import Harness, query_db, start_bot
 from tests.test_e2e_card import card_updates, create, outcomes
 from tests.test_e2e_exactly_once import wait_killed
 
@@ -61,65 +65,6 @@ def test_final_card_lost_at_a_kill_is_shown_after_restart(
         # The final state came from the outbox payload: the job was not asked for again (nor for
         # its report, which starts from that payload too).
         assert len(fake_openai.requests_to(rf"/fine_tuning/jobs/{job_id}")) == retrieves
-    finally:
-        assert h.bot.stop() == 0, h.bot.logs
-
-
-def test_a_card_already_final_is_not_edited_again_after_restarts(
-    fake_openai: FakeOpenAI, fake_slack: FakeSlack, tmp_path: Path
-) -> None:
-    h = Harness(start_bot(fake_openai, fake_slack, tmp_path, **ENV), fake_openai, fake_slack)
-    done, done_card = create(h, "C200")
-    owed, owed_card = create(h, "C300")
-    succeed(h, done)
-    h.slack.wait_for(lambda s: finals(h, done_card.ts), timeout=20)
-    # Recorded after Slack accepted the edit (a kill in between would cost one repeated edit).
-    wait_until(lambda: card_digest_of(h, done) not in (None, "owed"), 10, "the final card to be recorded")
-    h.bot.kill()
-
-    # A restart that owes nothing edits nothing at start; then `owed` ends and this process dies
-    # before its final card edit.
-    h.bot = start_bot(fake_openai, fake_slack, tmp_path, **ENV, FINETUNE_CRASH_AT="before_final_card")
-    h.wait_poll_cycles(1)
-    succeed(h, owed)
-    wait_killed(h.bot)
-    assert len(outcomes(h, owed)) == 1 and finals(h, owed_card.ts) == []
-
-    h.bot = start_bot(fake_openai, fake_slack, tmp_path, **ENV)
-    try:
-        # Positive control: the card that was owed is edited in the same window.
-        h.slack.wait_for(lambda s: finals(h, owed_card.ts), timeout=20)
-        h.wait_poll_cycles(2)
-        assert len(card_updates(h, owed_card.ts)) == 1
-        assert len(card_updates(h, done_card.ts)) == 1  # its one final edit, before any restart
-        assert len(outcomes(h, done)) == 1 and len(outcomes(h, owed)) == 1
-    finally:
-        assert h.bot.stop() == 0, h.bot.logs
-
-
-def test_a_status_change_whose_first_edit_was_lost_is_shown_after_restart(
-    fake_openai: FakeOpenAI, fake_slack: FakeSlack, tmp_path: Path
-) -> None:
-    # A failed edit waits CARD_UPDATE_SECONDS before its retry: the kill comes first.
-    env = {**ENV, "CARD_UPDATE_SECONDS": "120"}
-    h = Harness(start_bot(fake_openai, fake_slack, tmp_path, **env), fake_openai, fake_slack)
-    job_id, card = create(h, "C400")
-    assert "Running" not in str(card.blocks)
-    h.slack.fail_next("chat.update", error="internal_error", channel="C400")
-    h.openai.set_status(job_id, "running")
-    h.slack.wait_for(lambda s: s.calls_to("chat.update"), timeout=20)
-    [failed] = h.slack.calls_to("chat.update")
-    assert failed.params.get("ts") == card.ts and card_updates(h, card.ts) == []
-    # The new status is recorded with the watch; the card still shows the old one.
-    assert h.watch_status(job_id, "C400") == "running"
-    h.bot.kill()
-    assert card_digest_of(h, job_id) == "owed"
-
-    h.bot = start_bot(fake_openai, fake_slack, tmp_path, **env)
-    try:
-        h.slack.wait_for(lambda s: any("Running" in t for t in card_updates(h, card.ts)), timeout=20)
-        h.wait_poll_cycles(2)
-        assert len(card_updates(h, card.ts)) == 1
     finally:
         assert h.bot.stop() == 0, h.bot.logs
 

@@ -299,6 +299,9 @@ class FakeSlack(FakeServer):
         # Seconds a trigger_id stays good for views.open/push; a test may shorten it (0 = every
         # trigger is already expired) rather than sleep. Settable any time.
         self.trigger_ttl: float = TRIGGER_TTL
+        # What stamps the `time` of recorded API calls, posts and edits. An in-process test sets its
+        # fake clock's (tests/inprocess.py), so intervals between the bot's calls read on its clock.
+        self.record_clock: Callable[[], float] = time.time
         self._builtin: dict[str, tuple[MethodHandler, TokenKind]] = {
             "auth.test": (self._auth_test, "bot"),
             "chat.postMessage": (self._chat_post_message, "bot"),
@@ -1113,7 +1116,7 @@ class FakeSlack(FakeServer):
     async def _handle_api(self, request: web.Request) -> web.StreamResponse:
         method = request.match_info["method"]
         headers = {k.lower(): v for k, v in request.headers.items()}
-        call = RecordedCall(method=method, params={}, headers=headers, time=time.time(), token=None)
+        call = RecordedCall(method=method, params={}, headers=headers, time=self.record_clock(), token=None)
         with self.lock:
             self._calls.append(call)
         try:
@@ -1432,7 +1435,7 @@ class FakeSlack(FakeServer):
                 thread_ts=thread_ts,
                 reply_broadcast=_truthy(params.get("reply_broadcast")),
                 params=params,
-                time=time.time(),
+                time=self.record_clock(),
                 attachments=attachments,
             )
         )
@@ -1456,7 +1459,7 @@ class FakeSlack(FakeServer):
         if attachments is not None:
             target.attachments = attachments
         target.edits += 1
-        self._updates.append(RecordedUpdate(channel_id, str(ts), text, blocks, params, time.time()))
+        self._updates.append(RecordedUpdate(channel_id, str(ts), text, blocks, params, self.record_clock()))
         message = {"text": target.text or "", "user": BOT_USER_ID, "bot_id": BOT_ID}
         if target.blocks is not None:
             message["blocks"] = target.blocks
