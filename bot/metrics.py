@@ -20,9 +20,10 @@ import asyncio
 import contextlib
 import contextvars
 import logging
+import random
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any
 
 from prometheus_client import (
@@ -447,11 +448,18 @@ class Metrics:
 
 class MeteredRateLimitRetryHandler(AsyncRateLimitErrorRetryHandler):
     """slack_sdk's 429 retry (it sleeps Retry-After, plus up to a second), counting each 429 and
-    each wait; the retried 429s never reach `api_call`, so only this sees them."""
+    each wait; the retried 429s never reach `api_call`, so only this sees them. The wait is the
+    SDK's own, taken with `sleep` (the process' clock, bot/clock.py) instead of asyncio.sleep."""
 
-    def __init__(self, metrics: Metrics, max_retry_count: int = 1) -> None:
+    def __init__(
+        self,
+        metrics: Metrics,
+        max_retry_count: int = 1,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
         super().__init__(max_retry_count=max_retry_count)
         self._metrics = metrics
+        self._sleep = sleep
 
     async def prepare_for_next_attempt_async(
         self,
@@ -461,11 +469,25 @@ class MeteredRateLimitRetryHandler(AsyncRateLimitErrorRetryHandler):
         response: HttpResponse | None = None,
         error: Exception | None = None,
     ) -> None:
-        if response is not None:
-            self._metrics.slack_429(slack_method_of_url(request.url), _retry_after(response))
-        await super().prepare_for_next_attempt_async(
-            state=state, request=request, response=response, error=error
-        )
+        if response is None:  # not a 429 answer: the SDK's handler decides (it re-raises)
+            await super().prepare_for_next_attempt_async(
+                state=state, request=request, response=response, error=error
+            )
+            return
+        self._metrics.slack_429(slack_method_of_url(request.url), _retry_after(response))
+        state.next_attempt_requested = True
+        await self._sleep(slack_sdk_rate_limit_wait(response))
+        state.increment_current_attempt()
+
+
+def slack_sdk_rate_limit_wait(response: HttpResponse) -> float:
+    """What slack_sdk's AsyncRateLimitErrorRetryHandler waits after a 429: Retry-After's whole
+    seconds plus a random fraction of one, or a second and a fraction when Slack names no time."""
+    for name, values in response.headers.items():
+        if name.lower() == "retry-after":
+            value = values[0] if isinstance(values, list) else values
+            return int(value) + random.random()
+    return 1 + random.random()
 
 
 def _retry_after(response: HttpResponse) -> float | None:
@@ -503,13 +525,16 @@ class MeteredWebClient(AsyncWebClient):
 
 
 def metered_retry_handlers(
-    handlers: list[AsyncRetryHandler], metrics: Metrics | None
+    handlers: list[AsyncRetryHandler],
+    metrics: Metrics | None,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> list[AsyncRetryHandler]:
-    """The same handlers, with slack_sdk's 429 handler replaced by the counting one."""
+    """The same handlers, with slack_sdk's 429 handler replaced by the counting one (waiting with
+    `sleep`)."""
     if metrics is None:
         return handlers
     return [
-        MeteredRateLimitRetryHandler(metrics, h.max_retry_count)
+        MeteredRateLimitRetryHandler(metrics, h.max_retry_count, sleep)
         if type(h) is AsyncRateLimitErrorRetryHandler
         else h
         for h in handlers

@@ -21,6 +21,7 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 )
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot.clock import SYSTEM_CLOCK, Clock
 from bot.config import Settings
 from bot.metrics import MeteredWebClient, Metrics, metered_retry_handlers
 
@@ -61,7 +62,12 @@ class BotIdentity:
 
 
 def build_slack_client(
-    settings: Settings, *, posting: bool = False, with_token: bool = True, metrics: Metrics | None = None
+    settings: Settings,
+    *,
+    posting: bool = False,
+    with_token: bool = True,
+    metrics: Metrics | None = None,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> AsyncWebClient:
     """slack_sdk retries nothing but connection errors by default; a 429 (`Retry-After`) or a 5xx
     from Slack should delay a message, not lose it.
@@ -71,7 +77,8 @@ def build_slack_client(
     blind retry could post twice; the notifier instead defers the row, and its next attempt first
     asks Slack whether the message is there.
 
-    With `metrics`, every call is counted by method and result, and every 429 and its wait.
+    With `metrics`, every call is counted by method and result, and every 429 and its wait; that
+    wait is then taken on `clock`.
     """
     handlers: list[AsyncRetryHandler] = [AsyncRateLimitErrorRetryHandler(max_retry_count=3)]
     if not posting:
@@ -85,7 +92,7 @@ def build_slack_client(
             token=token,
             base_url=settings.slack_api_url,
             timeout=10,
-            retry_handlers=metered_retry_handlers(handlers, metrics),
+            retry_handlers=metered_retry_handlers(handlers, metrics, clock.sleep),
             metrics=metrics,
         )
     return AsyncWebClient(token=token, base_url=settings.slack_api_url, timeout=10, retry_handlers=handlers)

@@ -104,7 +104,7 @@ def build_components(
         metrics=metrics,
         sleep=clock.sleep,
     )
-    slack_client = build_slack_client(settings, metrics=metrics)
+    slack_client = build_slack_client(settings, metrics=metrics, clock=clock)
     app = build_app(settings, slack_client, identity, metrics)
     owner = owner or f"{socket.gethostname()}:{settings.port}:{os.getpid()}"
     lease_ttl = lease_ttl_for(settings)
@@ -112,7 +112,7 @@ def build_components(
     if single_process:
         # SQLite means one process: leases left by a killed predecessor are ours to take now.
         store.release_all_leases()
-    posting_client = build_slack_client(settings, posting=True, metrics=metrics)
+    posting_client = build_slack_client(settings, posting=True, metrics=metrics, clock=clock)
     # Cards are edited through a client of their own, so their 429s never hold up an outcome.
     cards = CardEditor(
         store,
