@@ -132,7 +132,10 @@ class InProcessBot:
             remaining = deadline - asyncio.get_running_loop().time()
             if remaining <= 0:
                 raise AssertionError(f"tasks still running after {timeout:g}s: {pending[:3]}")
-            await asyncio.wait(pending, timeout=remaining)
+            # Look again whenever one finishes, and at least every 50 ms: a task that parks on the
+            # clock meanwhile (a report waiting for its outcome) is waiting for time, not running,
+            # and waiting for it would cost the whole timeout.
+            await asyncio.wait(pending, timeout=min(remaining, 0.05), return_when=asyncio.FIRST_COMPLETED)
 
     async def reply(self, key: str, timeout: float = 10.0) -> dict[str, Any]:
         """The first reply sent to a command's response_url."""
