@@ -213,6 +213,7 @@ def build_components(
         allowed_channels=settings.allowed_channels,
         training_flow=training,
         metrics=metrics,
+        clock=clock,
     )
     receiver = (
         WebhookReceiver(settings.openai_webhook_secret, store, openai, poller, metrics)

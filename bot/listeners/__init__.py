@@ -2,6 +2,7 @@
 
 from slack_bolt.async_app import AsyncApp
 
+from bot.clock import SYSTEM_CLOCK, Clock
 from bot.inflight import InFlight
 from bot.listeners import actions, commands, shortcuts, training, views
 from bot.listeners.actions import RefreshCard
@@ -20,8 +21,10 @@ def register_listeners(
     refresh_card: RefreshCard | None = None,
     training_flow: TrainingFlow | None = None,
     metrics: Metrics | None = None,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> None:
-    # Every surface counts what each request came to (bot/metrics.py).
+    # Every surface counts what each request came to (bot/metrics.py). A reply that Slack refused
+    # for now is retried after a wait on `clock`.
     metrics = metrics or Metrics()
     commands.register(
         app,
@@ -30,6 +33,7 @@ def register_listeners(
         inflight=inflight,
         allowed_channels=allowed_channels,
         metrics=metrics,
+        sleep=clock.sleep,
     )
     # `refresh_card`: how a Refresh click edits a job's card (default: re-render the announcement).
     actions.register(
@@ -39,6 +43,7 @@ def register_listeners(
         allowed_channels=allowed_channels,
         refresh_card=refresh_card,
         metrics=metrics,
+        sleep=clock.sleep,
     )
     # The create form: its submission and its file menus; the message shortcut that opens it.
     views.register(
@@ -49,9 +54,16 @@ def register_listeners(
         allowed_channels=allowed_channels,
         metrics=metrics,
     )
-    shortcuts.register(app, runner, inflight=inflight, allowed_channels=allowed_channels, metrics=metrics)
+    shortcuts.register(
+        app, runner, inflight=inflight, allowed_channels=allowed_channels, metrics=metrics, sleep=clock.sleep
+    )
     # The training report's Start fine-tuning button.
     if training_flow is not None:
         training.register(
-            app, training_flow, inflight=inflight, allowed_channels=allowed_channels, metrics=metrics
+            app,
+            training_flow,
+            inflight=inflight,
+            allowed_channels=allowed_channels,
+            metrics=metrics,
+            sleep=clock.sleep,
         )

@@ -8,6 +8,7 @@ is read fresh from OpenAI and authorized exactly like the commands (bot/runner.p
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -26,7 +27,7 @@ from bot.commands import (
     parse_command,
 )
 from bot.inflight import InFlight
-from bot.listeners.commands import RECEIVED, bind_request, send_reply
+from bot.listeners.commands import RECEIVED, Sleep, bind_request, send_reply
 from bot.metrics import Metrics
 from bot.runner import CommandRunner, Invocation
 
@@ -95,6 +96,7 @@ def register(
     allowed_channels: frozenset[str] = frozenset(),
     refresh_card: RefreshCard | None = None,
     metrics: Metrics | None = None,
+    sleep: Sleep = asyncio.sleep,
 ) -> None:
     refresh = refresh_card or runner.refresh_card
     metrics = metrics or Metrics()
@@ -112,11 +114,12 @@ def register(
         what = f"the {click.action_id} button"
         if not isinstance(verdict, int):
             metrics.action(click.action_id, render.Outcome.REFUSED)
-            await send_reply(respond, refusal_of(verdict, allowed_channels), logger, what=what)
+            await send_reply(respond, refusal_of(verdict, allowed_channels), logger, what=what, sleep=sleep)
             return
 
         async def farewell() -> None:
-            await send_reply(respond, render.render_unfinished(_label(click.action_id)), logger, what=what)
+            farewell_reply = render.render_unfinished(_label(click.action_id))
+            await send_reply(respond, farewell_reply, logger, what=what, sleep=sleep)
 
         async with inflight.track(verdict, farewell):
             try:
@@ -126,7 +129,7 @@ def register(
                 reply = render.render_internal_error()
             metrics.action(click.action_id, render.Outcome.OK if reply is None else reply.outcome)
             if reply is not None:
-                sent = await send_reply(respond, reply, logger, what=what)
+                sent = await send_reply(respond, reply, logger, what=what, sleep=sleep)
                 received = context.get(RECEIVED)
                 if sent and isinstance(received, float):
                     metrics.reply("action", time.monotonic() - received)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
@@ -29,6 +30,8 @@ REPLY_ATTEMPTS = 3
 TICKET = "finetune_inflight_ticket"
 # When the acknowledgement began (time.monotonic()), for the reply latency.
 RECEIVED = "finetune_received_at"
+# How a listener waits before retrying a reply: the process' clock (bot/clock.py), asyncio.sleep.
+Sleep = Callable[[float], Awaitable[None]]
 
 
 def bind_request(what: str, invocation: Invocation, job_id: str | None = None) -> None:
@@ -45,7 +48,12 @@ def bind_request(what: str, invocation: Invocation, job_id: str | None = None) -
 
 
 async def send_reply(
-    respond: AsyncRespond, reply: render.Reply, logger: logging.Logger, *, what: str
+    respond: AsyncRespond,
+    reply: render.Reply,
+    logger: logging.Logger,
+    *,
+    what: str,
+    sleep: Sleep = asyncio.sleep,
 ) -> bool:
     """Reply through response_url; True once Slack accepted it. slack_sdk raises only on connection
     errors and hands back any HTTP status, so a 429 or 5xx would drop the reply silently: retry
@@ -66,7 +74,7 @@ async def send_reply(
         if not retryable or attempt == REPLY_ATTEMPTS - 1:
             logger.warning("could not reply to %s through response_url: %s", what, failure)
             return False
-        await asyncio.sleep(min(10.0, retry_after if retry_after is not None else 0.5 * 2**attempt))
+        await sleep(min(10.0, retry_after if retry_after is not None else 0.5 * 2**attempt))
     return False  # pragma: no cover - the loop returns on its last attempt
 
 
@@ -78,6 +86,7 @@ def register(
     inflight: InFlight,
     allowed_channels: frozenset[str] = frozenset(),
     metrics: Metrics | None = None,
+    sleep: Sleep = asyncio.sleep,
 ) -> None:
     metrics = metrics or Metrics()
 
@@ -127,7 +136,7 @@ def register(
         async def farewell() -> None:
             # The shutdown window ran out: the user must not be left waiting for nothing.
             reply = render.render_unfinished(name, COMMAND)
-            await send_reply(respond, reply, logger, what=f"{COMMAND} {name}")
+            await send_reply(respond, reply, logger, what=f"{COMMAND} {name}", sleep=sleep)
 
         async with inflight.track(ticket, farewell):
             try:
@@ -137,7 +146,9 @@ def register(
                 reply = render.render_internal_error()
             metrics.command(subcommand_name(command.get("text") or ""), _outcome(reply))
             if reply is not None:
-                sent = await send_reply(respond, reply, logger, what=f"/finetune {type(parsed).__name__}")
+                sent = await send_reply(
+                    respond, reply, logger, what=f"/finetune {type(parsed).__name__}", sleep=sleep
+                )
                 received = context.get(RECEIVED)
                 if sent and isinstance(received, float):
                     metrics.reply("command", time.monotonic() - received)

@@ -7,6 +7,7 @@ without exactly one `.jsonl` gets a private explanation through the payload's re
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -15,7 +16,7 @@ from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
 from bot import modal, render
 from bot.inflight import InFlight
 from bot.listeners.actions import refusal_of, verdict_for
-from bot.listeners.commands import bind_request, send_reply
+from bot.listeners.commands import Sleep, bind_request, send_reply
 from bot.metrics import Metrics
 from bot.runner import CommandRunner, Invocation
 
@@ -35,6 +36,7 @@ def register(
     inflight: InFlight,
     allowed_channels: frozenset[str] = frozenset(),
     metrics: Metrics | None = None,
+    sleep: Sleep = asyncio.sleep,
 ) -> None:
     metrics = metrics or Metrics()
 
@@ -49,7 +51,7 @@ def register(
         what = "the Fine-tune on this file shortcut"
         if not isinstance(verdict, int):
             metrics.action("shortcut", render.Outcome.REFUSED)
-            await send_reply(respond, refusal_of(verdict, allowed_channels), logger, what=what)
+            await send_reply(respond, refusal_of(verdict, allowed_channels), logger, what=what, sleep=sleep)
             return
         user = body.get("user") or {}
         invocation = Invocation(
@@ -76,7 +78,7 @@ def register(
                     outcome = reply.outcome
             metrics.action("shortcut", outcome)
             if reply is not None:
-                await send_reply(respond, reply, logger, what=what)
+                await send_reply(respond, reply, logger, what=what, sleep=sleep)
 
     app.shortcut({"callback_id": SHORTCUT_CALLBACK, "type": "message_action"})(
         ack=acknowledge, lazy=[carry_out]

@@ -4,6 +4,7 @@ privately. Who may start, and what happens once, is decided in bot/training_flow
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from typing import Any
@@ -13,7 +14,7 @@ from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
 from bot import render
 from bot.inflight import InFlight
 from bot.listeners.actions import VERDICT, click_of, refusal_of, verdict_for
-from bot.listeners.commands import bind_request, send_reply
+from bot.listeners.commands import Sleep, bind_request, send_reply
 from bot.metrics import Metrics
 from bot.runner import Invocation
 from bot.training_flow import TrainingFlow
@@ -29,6 +30,7 @@ def register(
     inflight: InFlight,
     allowed_channels: frozenset[str] = frozenset(),
     metrics: Metrics | None = None,
+    sleep: Sleep = asyncio.sleep,
 ) -> None:
     metrics = metrics or Metrics()
 
@@ -44,11 +46,11 @@ def register(
         what = "the Start fine-tuning button"
         if not isinstance(verdict, int):
             metrics.action(TRAINING_START, render.Outcome.REFUSED)
-            await send_reply(respond, refusal_of(verdict, allowed_channels), logger, what=what)
+            await send_reply(respond, refusal_of(verdict, allowed_channels), logger, what=what, sleep=sleep)
             return
         if UPLOAD_ID.fullmatch(click.value) is None:
             metrics.action(TRAINING_START, render.Outcome.BAD_INPUT)
-            await send_reply(respond, render.render_button_broken(), logger, what=what)
+            await send_reply(respond, render.render_button_broken(), logger, what=what, sleep=sleep)
             return
         invocation = Invocation(
             team_id=click.team_id,
@@ -62,7 +64,8 @@ def register(
         bind_request(TRAINING_START, invocation)
 
         async def farewell() -> None:
-            await send_reply(respond, render.render_unfinished("start fine-tuning"), logger, what=what)
+            unfinished = render.render_unfinished("start fine-tuning")
+            await send_reply(respond, unfinished, logger, what=what, sleep=sleep)
 
         async with inflight.track(verdict, farewell):
             try:
@@ -72,6 +75,6 @@ def register(
                 reply = render.render_internal_error()
             metrics.action(TRAINING_START, render.Outcome.OK if reply is None else reply.outcome)
             if reply is not None:
-                await send_reply(respond, reply, logger, what=what)
+                await send_reply(respond, reply, logger, what=what, sleep=sleep)
 
     app.action(TRAINING_START)(ack=acknowledge, lazy=[carry_out])
