@@ -395,6 +395,11 @@ class Store:
         """This host's clock (row timestamps), or the test's clock."""
         return time.time() if self._clock is None else self._clock.time()
 
+    def now(self) -> float:
+        """The clock row timestamps are written on, for tables whose methods live in a module of
+        their own (bot/training_store.py): this host's, or the test's."""
+        return self._time()
+
     def close(self) -> None:
         self.engine.dispose()
 

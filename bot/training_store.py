@@ -1,13 +1,13 @@
 """Durable state of training files sent through the create form (table in bot/store.py).
 
 Each step is a conditional update, so two clicks (two users, a double click, two replicas) can
-never both upload the file or both start a job: only the one whose update matched goes on.
+never both upload the file or both start a job: only the one whose update matched goes on. Times
+are the Store's clock (this host's, or a test's fake clock).
 """
 
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -69,7 +69,7 @@ class TrainingUploads:
         return self._store
 
     def _update(self, upload_id: str, where: sa.ColumnElement[bool] | None, **values: Any) -> bool:
-        values["updated_at"] = time.time()
+        values["updated_at"] = self._store.now()
         condition = training_uploads.c.id == upload_id
         if where is not None:
             condition = sa.and_(condition, where)
@@ -88,7 +88,7 @@ class TrainingUploads:
         validation_slack_file_id: str | None,
         params: dict[str, Any],
     ) -> TrainingUpload:
-        now = time.time()
+        now = self._store.now()
         upload_id = uuid.uuid4().hex
         with self._store.engine.begin() as conn:
             conn.execute(
@@ -141,7 +141,7 @@ class TrainingUploads:
 
     def claim_upload(self, upload_id: str, owner: str) -> bool:
         """ready → uploading, or take over an upload whose process died (stale)."""
-        stale = time.time() - STALE_AFTER_SECONDS
+        stale = self._store.now() - STALE_AFTER_SECONDS
         return self._update(
             upload_id,
             sa.or_(
