@@ -32,6 +32,7 @@ from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from bot import render
 from bot.audit import Action, AuditEntry, Auditor, Result
+from bot.crash import crash_point
 from bot.models import FineTuningJob
 from bot.openai_client import FineTuningClient, OpenAIError
 from bot.runner import (
@@ -198,6 +199,7 @@ class CreateReconciler:
         )
         if watch is None:
             return 0  # recorded meanwhile by whoever announces it (and audits it)
+        crash_point("after_reconciler_record")
         log.info("found %s started by create %s; watching and announcing it", job.id, row.trigger_id)
         # Before the announcement: should the process die while announcing, the `created` row's
         # reconciliation finds the audit done.

@@ -233,14 +233,40 @@ def render_uploading(filename: str) -> Reply:
     return _reply(text, [_section(text)])
 
 
-def render_ready_again(filename: str, start_value: str, summary: dict[str, Any]) -> Reply:
-    """After an upload that failed: the file is still good; Start may be clicked again."""
+def render_starting(filename: str) -> Reply:
+    """Start was clicked on a file already in OpenAI: the job is being created."""
+    text = f":hourglass_flowing_sand: Starting fine-tuning on {_filename(filename)}…"
+    return _reply(text, [_section(text)])
+
+
+def render_start_unconfirmed(filename: str, check_for: float) -> Reply:
+    """OpenAI's answer to the create was lost, so the job may exist. No Start button: a second
+    job could be billed. The message is edited again once the bot knows (the job, or Start)."""
+    minutes = max(1, round(check_for / 60))
+    text = (
+        f":hourglass_flowing_sand: OpenAI did not confirm the start of fine-tuning on {_filename(filename)}, "
+        f"so the job *may or may not have started*. I'm looking for it and will update this message "
+        f"within {_plural(minutes, 'minute')}: with the job, or with Start again if nothing was started."
+    )
+    return _reply(text, [_section(text)])
+
+
+# Why the report offers Start again (`render_ready_again`): what the last try came to.
+UPLOAD_FAILED = "The last upload to OpenAI failed"
+CREATE_REFUSED = "OpenAI refused to start the job"
+CREATE_NEVER_CONFIRMED = "OpenAI never confirmed the last start, and no job from it appeared"
+CREATE_NEVER_SENT = "The last start stopped before it reached OpenAI"
+
+
+def render_ready_again(filename: str, start_value: str, summary: dict[str, Any], why: str) -> Reply:
+    """After a try that started nothing (`why`: an upload that failed, a create OpenAI refused or
+    never made): the file is still good; Start may be clicked again."""
     examples = summary.get("examples")
     cost = summary.get("usd")
     parts = [f":white_check_mark: {_filename(filename)} is ready to fine-tune"]
     if isinstance(examples, int):
         parts.append(f"({_plural(examples, 'example')})")
-    text = " ".join(parts) + ". The last upload to OpenAI failed; nothing was started."
+    text = " ".join(parts) + f". {why}; nothing was started."
     label = "Start fine-tuning" + (f" ({approx_usd(cost)})" if isinstance(cost, int | float) else "")
     button = {
         "type": "actions",

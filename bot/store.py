@@ -148,7 +148,9 @@ sa.Index("ix_finetune_pending_creates_state", pending_creates.c.state, pending_c
 # report's Start button — uploaded to OpenAI once and turned into a job. Methods: bot/training_store.py.
 # state: checking → ready (no errors; Start offered) or rejected (errors) or failed (could not be
 # read); ready → uploading → uploaded (OpenAI file id known) → creating (a create is under way,
-# keyed by `create_trigger`) → started (job id known).
+# keyed by `create_trigger`) → started (job id known), or back to uploaded when the create made no
+# job. A create that outlives its click (OpenAI's answer lost, a crash) is settled later, by
+# whoever learns what it came to (bot/training_flow.py `settle_creates`).
 training_uploads = sa.Table(
     "finetune_training_uploads",
     metadata,
@@ -394,6 +396,11 @@ class Store:
     def _time(self) -> float:
         """This host's clock (row timestamps), or the test's clock."""
         return time.time() if self._clock is None else self._clock.time()
+
+    def now(self) -> float:
+        """The clock row timestamps are written on, for tables whose methods live in a module of
+        their own (bot/training_store.py): this host's, or the test's."""
+        return self._time()
 
     def close(self) -> None:
         self.engine.dispose()

@@ -14,6 +14,13 @@
 
 Every step is recorded (bot/training_store.py), so a second click, another replica or a restart
 finds where things stand instead of repeating them.
+
+3. A create that outlives its click — OpenAI's answer lost, or the process gone mid-way — is
+   concluded by the reconciler (bot/pending.py), which knows nothing of uploads. Each poll cycle,
+   right after it, `settle_creates` brings such uploads in line with their pending create: the
+   report says "started ftjob-…" and the row is `started`, or, when no job was made, the report
+   offers Start again and the row is back to `uploaded`. A click on the upload meanwhile does the
+   same first.
 """
 
 from __future__ import annotations
@@ -34,10 +41,13 @@ from bot import render, render_training
 from bot.audit import Action, AuditEntry, Auditor, Result
 from bot.clock import SYSTEM_CLOCK, Clock
 from bot.commands import CreateCommand
+from bot.crash import crash_point
 from bot.modal import CreateForm, SlackFileRef
 from bot.openai_client import FileTooLargeError, FineTuningClient, OpenAIError, UnavailableError
+from bot.pending import KEEP_CLOSED
 from bot.pricing import Price, estimate_cost
-from bot.runner import CHANNEL_REFUSED, Invocation, create_key
+from bot.runner import CHANNEL_REFUSED, Invocation, create_key, unconfirmed_lookups
+from bot.store import PendingCreate
 from bot.training_data import TrainingFileValidator, ValidationReport
 from bot.training_store import TrainingUpload, TrainingUploads
 
@@ -50,6 +60,10 @@ UPLOAD_ATTEMPTS = 3
 # A create that left no pending row this long after it was claimed never reached OpenAI (a crash
 # or a database failure in between): Start may be clicked again.
 CREATE_PATIENCE_SECONDS = 120.0
+# Slack's answers to an edit of the report after which the same edit may work later.
+SLACK_TRANSIENT_ERRORS = frozenset(
+    {"ratelimited", "internal_error", "fatal_error", "service_unavailable", "request_timeout"}
+)
 
 # What a Slack error means for the person who asked (plain text; rendered escaped).
 _SLACK_READ_PROBLEMS = {
@@ -75,6 +89,35 @@ class Checked:
 RunCreate = Callable[[CreateCommand, Invocation], Awaitable[render.Reply | None]]
 
 
+@dataclass(frozen=True)
+class CreateOutcome:
+    """What the create of a Start came to: its job, or none (`why`, as the report says it)."""
+
+    job_id: str | None
+    why: str = ""
+
+
+def create_outcome(pending: PendingCreate | None, *, returned: bool, waited: float) -> CreateOutcome | None:
+    """What the create of an upload in `creating` came to, from its pending create (bot/store.py),
+    or None while that is not known (still pending, or unconfirmed: the runner or the reconciler
+    concludes it). `returned`: the create was run here and has returned, so no pending row means it
+    never began. `waited`: seconds since the upload row last moved."""
+    if pending is not None:
+        if pending.job_id:
+            return CreateOutcome(pending.job_id)
+        if pending.state == "failed":
+            return CreateOutcome(None, render_training.CREATE_REFUSED)
+        if pending.state == "abandoned":
+            return CreateOutcome(None, render_training.CREATE_NEVER_CONFIRMED)
+        return None
+    if returned:
+        return CreateOutcome(None, render_training.CREATE_NEVER_SENT)
+    # Closed pending creates are deleted after KEEP_CLOSED: past that, no row says nothing.
+    if CREATE_PATIENCE_SECONDS < waited < KEEP_CLOSED:
+        return CreateOutcome(None, render_training.CREATE_NEVER_SENT)
+    return None
+
+
 class TrainingFlow:
     def __init__(
         self,
@@ -92,8 +135,15 @@ class TrainingFlow:
         download_hosts: frozenset[str] = frozenset({"files.slack.com"}),
         auditor: Auditor | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        stale_after: float = 60.0,
+        others_orphaned: bool = False,
     ) -> None:
         self._clock = clock
+        # Whose settling of a create (report edit, then the row) another process may take over:
+        # one not moved for `stale_after` seconds, or, when `others_orphaned` (SQLite: one process),
+        # any other owner's (bot/training_store.py `claim_settling`).
+        self._stale_after = stale_after
+        self._others_orphaned = others_orphaned
         self._auditor = auditor
         # The bot token goes only to Slack's file host (and, for a test or proxy setup, the host of
         # SLACK_API_URL): a link to anywhere else is refused, never followed with the token.
@@ -306,24 +356,22 @@ class TrainingFlow:
         self, row: TrainingUpload, invocation: Invocation
     ) -> tuple[render.Reply | None, Result, str | None, str | None]:
         reply: render.Reply | None
-        if row.state == "creating" and row.create_trigger:
-            # A create was under way (a crash, a lost answer): its pending create tells its fate.
-            # Made → say so; still open → the reconciliation announces it; refused or abandoned →
-            # nothing was started, and this click may try again.
-            pending = await asyncio.to_thread(
-                self._uploads.store.get_pending_create, create_key(row.create_trigger)
-            )
-            if pending is not None and pending.job_id:
-                await asyncio.to_thread(self._uploads.started, row.id, pending.job_id)
-                reply = render_training.render_start_refused(f"This file already started {pending.job_id}.")
-                return reply, Result.REFUSED, "already started", pending.job_id
-            never_started = pending is None and self._clock.time() - row.updated_at > CREATE_PATIENCE_SECONDS
-            if not never_started and (pending is None or pending.state not in ("failed", "abandoned")):
+        if row.state == "creating":
+            # A create was under way (a lost answer, a crash): settle it first, as the poll cycle
+            # would. A job → say so; none → this click goes on from `uploaded`; not known yet → wait.
+            outcome = await self._settle_create(row, row.create_trigger) if row.create_trigger else None
+            if outcome is not None and outcome.job_id is not None:
+                reply = render_training.render_start_refused(f"This file already started {outcome.job_id}.")
+                return reply, Result.REFUSED, "already started", outcome.job_id
+            settled = await asyncio.to_thread(self._uploads.get, row.id)
+            if settled is None or settled.state != "uploaded":
                 reply = render_training.render_start_refused(
                     "A job is already being started from this file; it will be announced here."
                 )
                 return reply, Result.REFUSED, "busy", None
+            row = settled
         file_id = row.openai_file_id
+        uploading = file_id is None
         if file_id is None:
             if not await asyncio.to_thread(self._uploads.claim_upload, row.id, self._owner):
                 reply = render_training.render_start_refused("It is being started already.")
@@ -333,7 +381,12 @@ class TrainingFlow:
                 file_id, validation_id = await self._send_to_openai(row)
             except (FileProblem, OpenAIError) as problem:
                 await asyncio.to_thread(self._uploads.release, row.id, "ready", str(problem))
-                await self._restore_report(row)
+                await self._edit_report(
+                    row,
+                    render_training.render_ready_again(
+                        row.filename, row.id, row.summary or {}, render_training.UPLOAD_FAILED
+                    ),
+                )
                 reply = render_training.render_start_refused(
                     f"The upload to OpenAI failed: {problem}. Nothing was started; try Start again."
                 )
@@ -342,32 +395,95 @@ class TrainingFlow:
         else:
             validation_id = row.openai_validation_file_id
         command = _command_of(row.params, file_id, validation_id)
-        await asyncio.to_thread(self._uploads.creating, row.id, invocation.trigger_id)
+        if not await asyncio.to_thread(self._uploads.creating, row.id, invocation.trigger_id, self._owner):
+            reply = render_training.render_start_refused("It is being started already.")
+            return reply, Result.REFUSED, "busy", None
+        if not uploading:
+            # The report still offers Start (a try before made no job): not while this one runs.
+            await self._edit_report(row, render_training.render_starting(row.filename))
         reply = await self._run_create(command, invocation)
-        job_id = await self._created_job(invocation.trigger_id)
-        if job_id is not None:
-            await asyncio.to_thread(self._uploads.started, row.id, job_id)
-            await self._edit_report(row, render_training.render_training_started(row.filename, job_id))
-            return reply, Result.OK, None, job_id
+        outcome = await self._settle_create(row, invocation.trigger_id, returned=True)
+        if outcome is not None and outcome.job_id is not None:
+            return reply, Result.OK, None, outcome.job_id
+        if outcome is not None:
+            # OpenAI refused the create (quota, a model or suffix it will not take) or it never got
+            # going: the file is in OpenAI, nothing was started; the report offers Start again.
+            return reply, Result.FAILED, "no job created", None
+        # OpenAI's answer was lost (or what it came to could not be written down): a job may exist.
+        # The reconciler finds it or gives it up (its audit row of the create says which), and the
+        # poll cycle then settles this upload; until then the report says it is not known.
+        await self._edit_report(
+            row, render_training.render_start_unconfirmed(row.filename, unconfirmed_lookups()[-1])
+        )
         pending = await asyncio.to_thread(
             self._uploads.store.get_pending_create, create_key(invocation.trigger_id)
         )
-        if pending is None or pending.state in ("failed", "abandoned"):
-            # OpenAI refused the create (quota, a model or suffix it will not take) or it never got
-            # going: the file is in OpenAI, nothing was started; Start can be clicked again.
-            await asyncio.to_thread(self._uploads.release, row.id, "uploaded", "create refused")
-            await self._restore_report(row)
-            return reply, Result.FAILED, "no job created", None
-        # OpenAI's answer was lost (or what it came to could not be written down): a job may exist.
-        # The reconciler finds it or gives it up, and its audit row of the create says which.
-        lost = pending.state == "unconfirmed"
+        lost = pending is not None and pending.state == "unconfirmed"
         why = "OpenAI did not confirm the create" if lost else "create left half-done"
         return reply, Result.UNCONFIRMED, why, None
 
-    async def _created_job(self, trigger_id: str) -> str | None:
-        store = self._uploads.store
-        pending = await asyncio.to_thread(store.get_pending_create, create_key(trigger_id))
-        return pending.job_id if pending is not None else None
+    # -- 3. settle a create that outlived its click ----------------------------------------------
+
+    async def settle_creates(self) -> int:
+        """Each poll cycle, after the reconciler: every upload whose create was left under way (a
+        lost answer, a crash) and has since come to something gets its report and row brought in
+        line with it. Returns how many such creates it found concluded. Never raises."""
+        try:
+            rows = await asyncio.to_thread(self._uploads.creating_since, self._clock.time() - KEEP_CLOSED)
+        except Exception:
+            log.exception("could not read the training uploads being started; the next cycle will")
+            return 0
+        concluded = 0
+        for row in rows:
+            if row.id in self._busy or not row.create_trigger:
+                continue  # a click in this process is on it
+            self._busy.add(row.id)
+            try:
+                concluded += await self._settle_create(row, row.create_trigger) is not None
+            except Exception:
+                log.exception("settling the start of upload %s failed; the next cycle will", row.id)
+            finally:
+                self._busy.discard(row.id)
+        return concluded
+
+    async def _settle_create(
+        self, row: TrainingUpload, trigger: str, *, returned: bool = False
+    ) -> CreateOutcome | None:
+        """Bring an upload whose create `trigger` was under way in line with what that create came
+        to (None: not known yet): the report first, since it is what people read, then the row's
+        last step (`started`, or back to `uploaded`).
+
+        Only the claimer edits and moves the row, both conditional on the row still waiting for
+        this very create, so the report is edited once. Should the process die after the edit and
+        before the row moves, the next claimer makes the same edit again: nothing is posted and
+        nobody notified, and the message ends the same."""
+        pending = await asyncio.to_thread(self._uploads.store.get_pending_create, create_key(trigger))
+        now = self._clock.time()
+        outcome = create_outcome(pending, returned=returned, waited=now - row.updated_at)
+        if outcome is None:
+            return None
+        claimed = await asyncio.to_thread(
+            self._uploads.claim_settling,
+            row.id,
+            trigger,
+            self._owner,
+            stale_before=now - self._stale_after,
+            others_orphaned=self._others_orphaned,
+        )
+        if not claimed:
+            return outcome  # settled already, or another replica is settling it
+        crash_point("before_training_report_edit")
+        if outcome.job_id is not None:
+            message = render_training.render_training_started(row.filename, outcome.job_id)
+        else:
+            message = render_training.render_ready_again(row.filename, row.id, row.summary or {}, outcome.why)
+        if not await self._edit_settled_report(row, message):
+            return outcome  # still claimed and `creating`: the next cycle edits again
+        if outcome.job_id is not None:
+            await asyncio.to_thread(self._uploads.started, row.id, trigger, outcome.job_id)
+        else:
+            await asyncio.to_thread(self._uploads.no_job_started, row.id, trigger, outcome.why)
+        return outcome
 
     async def _send_to_openai(self, row: TrainingUpload) -> tuple[str, str | None]:
         training = await self._upload_once(row, row.slack_file_id, row.upload_name, row.sha256)
@@ -478,14 +594,28 @@ class TrainingFlow:
         if row.report_channel and row.report_ts:
             await self._edit(row.report_channel, row.report_ts, message)
 
-    async def _restore_report(self, row: TrainingUpload) -> None:
-        """After a failed upload the report offers Start again (from the recorded summary)."""
-        if row.report_channel and row.report_ts:
-            await self._edit(
-                row.report_channel,
-                row.report_ts,
-                render_training.render_ready_again(row.filename, row.id, row.summary or {}),
-            )
+    async def _edit_settled_report(self, row: TrainingUpload, message: render.Reply) -> bool:
+        """The report's last edit: False when it failed in a way that may pass (a rate limit, a
+        Slack outage, a dropped connection), so the caller leaves the row for a later try; True
+        when it is made, or can never be (no report, the message or channel gone)."""
+        if not (row.report_channel and row.report_ts):
+            return True
+        where = row.report_channel
+        try:
+            await self._slack.chat_update(channel=where, ts=row.report_ts, **message.as_kwargs())
+        except SlackApiError as error:
+            reason = str(error.response.get("error") or "")
+            status = error.response.status_code
+            if reason in SLACK_TRANSIENT_ERRORS or status == 429 or status >= 500:
+                log.warning("could not update the training report in %s (%s); again later", where, reason)
+                return False
+            log.warning("could not update the training report in %s (%s); leaving it", where, reason)
+            return True
+        except Exception as error:
+            name = type(error).__name__
+            log.warning("could not update the training report in %s (%s); again later", where, name)
+            return False
+        return True
 
 
 def _params_of(command: CreateCommand) -> dict[str, Any]:

@@ -1,13 +1,13 @@
 """Durable state of training files sent through the create form (table in bot/store.py).
 
 Each step is a conditional update, so two clicks (two users, a double click, two replicas) can
-never both upload the file or both start a job: only the one whose update matched goes on.
+never both upload the file or both start a job: only the one whose update matched goes on. Times
+are the Store's clock (this host's, or a test's fake clock).
 """
 
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -69,7 +69,7 @@ class TrainingUploads:
         return self._store
 
     def _update(self, upload_id: str, where: sa.ColumnElement[bool] | None, **values: Any) -> bool:
-        values["updated_at"] = time.time()
+        values["updated_at"] = self._store.now()
         condition = training_uploads.c.id == upload_id
         if where is not None:
             condition = sa.and_(condition, where)
@@ -88,7 +88,7 @@ class TrainingUploads:
         validation_slack_file_id: str | None,
         params: dict[str, Any],
     ) -> TrainingUpload:
-        now = time.time()
+        now = self._store.now()
         upload_id = uuid.uuid4().hex
         with self._store.engine.begin() as conn:
             conn.execute(
@@ -141,7 +141,7 @@ class TrainingUploads:
 
     def claim_upload(self, upload_id: str, owner: str) -> bool:
         """ready → uploading, or take over an upload whose process died (stale)."""
-        stale = time.time() - STALE_AFTER_SECONDS
+        stale = self._store.now() - STALE_AFTER_SECONDS
         return self._update(
             upload_id,
             sa.or_(
@@ -164,11 +164,75 @@ class TrainingUploads:
             openai_validation_file_id=openai_validation_file_id,
         )
 
-    def creating(self, upload_id: str, trigger: str) -> None:
-        self._update(upload_id, None, state="creating", create_trigger=trigger)
+    def creating(self, upload_id: str, trigger: str, owner: str) -> bool:
+        """uploaded → creating: this click's create (keyed by its `trigger`) is the only one under
+        way. False when another click got there first."""
+        return self._update(
+            upload_id,
+            training_uploads.c.state == "uploaded",
+            state="creating",
+            create_trigger=trigger,
+            owner=owner,
+            note=None,
+        )
 
-    def started(self, upload_id: str, job_id: str) -> None:
-        self._update(upload_id, None, state="started", job_id=job_id)
+    def creating_since(self, since: float, *, limit: int = 50) -> list[TrainingUpload]:
+        """Uploads whose create was under way at some point after `since`, oldest first: those
+        whose create has since come to something are settled (bot/training_flow.py)."""
+        with self._store.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(training_uploads)
+                .where(training_uploads.c.state == "creating", training_uploads.c.updated_at >= since)
+                .order_by(training_uploads.c.updated_at)
+                .limit(limit)
+            )
+            return [TrainingUpload.from_row(r) for r in rows]
+
+    def claim_settling(
+        self, upload_id: str, trigger: str, owner: str, *, stale_before: float, others_orphaned: bool
+    ) -> bool:
+        """Take the settling of the create `trigger` (its report edit, then its row's last step):
+        one claimer at a time. Free to take: a row nobody claimed, this process's own (the caller
+        keeps its own work apart), one whose claimer has not moved it since `stale_before` (it died)
+        and, when `others_orphaned` (SQLite: one process, so another owner is a dead predecessor),
+        any. Moves `updated_at` to now, which is what keeps another replica off it meanwhile."""
+        free = sa.or_(
+            training_uploads.c.owner.is_(None),
+            training_uploads.c.owner == owner,
+            training_uploads.c.updated_at < stale_before,
+        )
+        if others_orphaned:
+            free = sa.true()
+        return self._update(
+            upload_id,
+            sa.and_(
+                training_uploads.c.state == "creating",
+                training_uploads.c.create_trigger == trigger,
+                free,
+            ),
+            owner=owner,
+        )
+
+    def started(self, upload_id: str, trigger: str, job_id: str) -> bool:
+        """creating → started: the create `trigger` made `job_id` (and the report says so)."""
+        return self._update(
+            upload_id,
+            sa.and_(training_uploads.c.state == "creating", training_uploads.c.create_trigger == trigger),
+            state="started",
+            job_id=job_id,
+            owner=None,
+        )
+
+    def no_job_started(self, upload_id: str, trigger: str, note: str) -> bool:
+        """creating → uploaded: the create `trigger` made no job, so Start may be clicked again (the
+        file is in OpenAI already: the next Start only creates)."""
+        return self._update(
+            upload_id,
+            sa.and_(training_uploads.c.state == "creating", training_uploads.c.create_trigger == trigger),
+            state="uploaded",
+            owner=None,
+            note=note[:300],
+        )
 
     def release(self, upload_id: str, state: str, note: str) -> None:
         """Back to a state from which Start can be clicked again (a failure that a retry may fix)."""

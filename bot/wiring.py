@@ -177,6 +177,8 @@ def build_components(
         download_hosts=frozenset({"files.slack.com", httpx.URL(settings.slack_api_url).host}),
         auditor=auditor,
         clock=clock,
+        stale_after=lease_ttl,
+        others_orphaned=single_process,
     )
     runner.attach_training(training)
     # Creates left half-done (a crash, a database failure) are finished each cycle: on SQLite every
@@ -192,6 +194,11 @@ def build_components(
         clock=clock.time,
         auditor=auditor,
     )
+
+    async def reconcile_creates() -> int:
+        # Then the training files whose create that concluded: their report and row follow it.
+        return await reconciler.run() + await training.settle_creates()
+
     poller = Poller(
         store,
         openai,
@@ -200,7 +207,7 @@ def build_components(
         lease_ttl=lease_ttl,
         concurrency=settings.poll_concurrency,
         single_process=single_process,
-        reconcile_creates=reconciler.run,
+        reconcile_creates=reconcile_creates,
         cards=cards,
         audit_retention=AuditRetention(store, days=settings.audit_retention_days, clock=clock.time),
     )

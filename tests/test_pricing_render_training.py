@@ -7,10 +7,16 @@ from typing import Any
 
 from bot.pricing import PRICES, Price, default_epochs, estimate_cost, load_prices, price_for
 from bot.render_training import (
+    CREATE_NEVER_CONFIRMED,
+    CREATE_NEVER_SENT,
+    CREATE_REFUSED,
     TRAINING_START,
+    UPLOAD_FAILED,
     render_checking,
     render_ready_again,
     render_start_refused,
+    render_start_unconfirmed,
+    render_starting,
     render_training_started,
     render_uploading,
     render_validation,
@@ -121,7 +127,8 @@ def test_start_refusals_uploading_and_ready_again() -> None:
     assert "<@U1>" in str(render_start_refused("Only <@U1> can start this job.").as_kwargs())
     assert "Uploading" in str(render_uploading("t<!channel>.jsonl").as_kwargs())
     assert "<!channel>" not in str(render_uploading("t<!channel>.jsonl").as_kwargs())
-    again = render_ready_again("train.jsonl", "a" * 32, {"examples": 12, "usd": 1.5})
+    again = render_ready_again("train.jsonl", "a" * 32, {"examples": 12, "usd": 1.5}, UPLOAD_FAILED)
+    assert "upload to OpenAI failed; nothing was started" in again.text
     assert _block_errors(again.blocks) == []
     [button] = again.blocks[-1]["elements"]
     assert (
@@ -131,3 +138,15 @@ def test_start_refusals_uploading_and_ready_again() -> None:
     )
     noted = with_note(again, "also this")
     assert noted.blocks[-1]["block_id"] == again.blocks[-1]["block_id"] and "also this" in str(noted.blocks)
+
+
+def test_the_reports_messages_while_a_start_is_under_way_are_escaped_and_offer_no_start() -> None:
+    name = "t<!channel>.jsonl"
+    for reply in (render_starting(name), render_start_unconfirmed(name, 600.0)):
+        text = str(reply.as_kwargs())
+        assert _block_errors(reply.blocks) == [] and "<!channel>" not in text and TRAINING_START not in text
+    assert "within 10 minutes" in render_start_unconfirmed(name, 600.0).text
+    assert "within 1 minute:" in render_start_unconfirmed(name, 20.0).text
+    for why in (CREATE_REFUSED, CREATE_NEVER_CONFIRMED, CREATE_NEVER_SENT):
+        again = render_ready_again(name, "a" * 32, {}, why)
+        assert _block_errors(again.blocks) == [] and f"{why}; nothing was started." in again.text
