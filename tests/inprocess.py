@@ -138,6 +138,18 @@ class InProcessBot:
             "/slack/events", content=body, headers=sign_slack_request(body, SIGNING_SECRET)
         )
 
+    async def click(self, action_id: str, value: str, **payload_args: Any) -> str:
+        """A button click (block_actions) as Slack posts it, acknowledged with 200; returns the key
+        of its response_url, once what it set going has settled."""
+        key = uuid.uuid4().hex
+        payload = self.slack.block_actions_payload(
+            action_id, value, response_url=self.slack.response_url(key), **payload_args
+        )
+        response = await self.interact(payload)
+        assert response.status_code == 200, response.text
+        await self.settle()
+        return key
+
     async def webhook(
         self, job_id: str, event_type: str | None = None, *, webhook_id: str | None = None
     ) -> httpx.Response:

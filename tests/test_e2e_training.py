@@ -25,8 +25,7 @@ import pytest
 
 from bot import modal
 from tests.fakes import FakeOpenAI, FakeSlack
-from tests.fakes.signing import sign_slack_request
-from tests.harness import SIGNING_SECRET, Harness, all_text, start_bot
+from tests.harness import Harness, all_text, start_bot
 
 
 @pytest.fixture
@@ -84,13 +83,7 @@ def click_start(h: Harness, value: str, ts: str, user_id: str = "U123") -> str:
         block_id="training_actions",
         response_url=h.slack.response_url(key),
     )
-    body = FakeSlack.block_actions_form(payload)
-    response = httpx.post(
-        f"{h.bot.url}/slack/events",
-        content=body,
-        headers=sign_slack_request(body, SIGNING_SECRET),
-        timeout=10,
-    )
+    response = h.interact(payload)
     assert response.status_code == 200, response.text
     return key
 

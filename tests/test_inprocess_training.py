@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -72,19 +71,9 @@ async def submit(bot: InProcessBot, view: dict[str, Any], values: dict[str, Any]
 async def click_start(bot: InProcessBot, value: str, ts: str, user_id: str = "U123") -> str:
     """Click Start on the report `ts`; returns the key of the click's response_url. Waits for
     what the click set going (upload, create, announcement)."""
-    key = uuid.uuid4().hex
-    payload = bot.slack.block_actions_payload(
-        "training_start",
-        value,
-        user_id=user_id,
-        message_ts=ts,
-        block_id="training_actions",
-        response_url=bot.slack.response_url(key),
+    return await bot.click(
+        "training_start", value, user_id=user_id, message_ts=ts, block_id="training_actions"
     )
-    response = await bot.interact(payload)
-    assert response.status_code == 200, response.text
-    await bot.settle()
-    return key
 
 
 def message_saying(bot: InProcessBot, text: str, *, case: bool = True) -> RecordedMessage:

@@ -31,8 +31,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.bot_process import SIGNING_SECRET, free_port
-from tests.fakes import FakeOpenAI, FakeSlack, sign_slack_request
+from tests.bot_process import free_port
+from tests.fakes import FakeOpenAI, FakeSlack
 from tests.harness import Harness, query_db, start_bot, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
@@ -388,13 +388,7 @@ def watches(h: Harness, job_id: str) -> int:
 def click(h: Harness, action_id: str, value: str) -> str:
     key = uuid.uuid4().hex
     payload = h.slack.block_actions_payload(action_id, value, response_url=h.slack.response_url(key))
-    body = FakeSlack.block_actions_form(payload)
-    response = httpx.post(
-        f"{h.bot.url}/slack/events",
-        content=body,
-        headers=sign_slack_request(body, SIGNING_SECRET),
-        timeout=10,
-    )
+    response = h.interact(payload)
     assert response.status_code == 200, response.text
     return key
 

@@ -6,7 +6,6 @@ or Start offered again and `uploaded` when no job was made (and then Start makes
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from tests.harness import all_text
 from tests.inprocess import InProcessBot, SimulatedCrash, crashing_at
 from tests.test_audit_reconciled import lookups_until, started_training_report
 from tests.test_e2e_training import start_value
+from tests.test_inprocess_training import click_start
 
 NOT_KNOWN_YET = "may or may not have started"
 NO_JOB = "never confirmed the last start"
@@ -31,21 +31,6 @@ async def bot(fake_openai: FakeOpenAI, fake_slack: FakeSlack, tmp_path: Path) ->
     bot = InProcessBot(fake_openai, fake_slack, tmp_path)
     yield bot
     await bot.stop()
-
-
-async def click_start(bot: InProcessBot, value: str, ts: str) -> str:
-    """The report's Start button, clicked (and confirmed); returns its response_url key."""
-    key = uuid.uuid4().hex
-    payload = bot.slack.block_actions_payload(
-        "training_start",
-        value,
-        message_ts=ts,
-        block_id="training_actions",
-        response_url=bot.slack.response_url(key),
-    )
-    assert (await bot.interact(payload)).status_code == 200
-    await bot.settle()
-    return key
 
 
 def report(bot: InProcessBot, ts: str) -> RecordedMessage:
