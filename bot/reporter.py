@@ -359,7 +359,9 @@ class Reporter:
         self, item: OutboxItem, card: Scorecard, png: bytes, channel: str, thread_ts: str | None
     ) -> str | None:
         async def remember(file_id: str) -> bool:
-            return await asyncio.to_thread(self._store.record_upload, item.id, self._owner, file_id)
+            return await asyncio.to_thread(
+                self._store.record_upload, item.id, self._owner, file_id, self._lease_ttl
+            )
 
         return await upload_picture(
             self._slack,

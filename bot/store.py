@@ -932,13 +932,17 @@ class Store:
                 )
             )
 
-    def record_upload(self, item_id: int, owner: str, file_id: str) -> bool:
-        """Durably note the chart's Slack file id before it is shared. False if the lease was lost."""
+    def record_upload(self, item_id: int, owner: str, file_id: str, lease_ttl: float = 60.0) -> bool:
+        """Durably note the chart's Slack file id before it is shared, with a fresh lease for the
+        share itself: an upload slowed by minutes of 429s may have outlived the lease taken at
+        `record_attempt`, and another replica must not take the row over while this one shares.
+        False if the lease was lost (another replica holds the row now)."""
         with self._tx() as conn:
+            now = self._db_now(conn)
             result = conn.execute(
                 outbox.update()
                 .where(outbox.c.id == item_id, outbox.c.lease_owner == owner, outbox.c.sent_at.is_(None))
-                .values(upload_file_id=file_id)
+                .values(upload_file_id=file_id, lease_expires_at=now + lease_ttl)
             )
         return result.rowcount == 1
 

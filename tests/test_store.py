@@ -12,6 +12,7 @@ import sqlalchemy as sa
 
 from bot.store import SCHEMA_VERSION, Store, outbox_key, report_key, schema_info
 from tests.db import fresh_postgres_database
+from tests.fakes.clock import FakeClock
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -94,6 +95,26 @@ def test_a_report_follows_its_outcome_and_remembers_its_upload(store: Store) -> 
     assert store.record_upload(report.id, "r1", "F123")
     [_, taken] = store.claim_outbox("r1", ttl=60)
     assert taken.upload_file_id == "F123"
+
+
+def test_recording_the_upload_renews_the_lease_for_the_share(database_url: str) -> None:
+    """An upload slowed past its lease (429s) keeps the row once its file id is recorded: another
+    replica cannot take the report over while it is being shared (it would upload a second file)."""
+    clock = FakeClock(start=1_000_000.0)
+    store = Store.from_url(database_url, clock=clock)
+    try:
+        watch, _ = add(store, "ftjob-a")
+        store.finish_watch(watch, "succeeded", {"id": "ftjob-a", "status": "succeeded"})
+        report = next(i for i in store.claim_outbox("r1", ttl=60) if i.is_report)
+        assert store.record_attempt(report.id, "r1", "C1", "1.0", lease_ttl=60)
+        clock.advance(90)  # the upload outlived the lease; r2 has not claimed the row yet
+        assert store.record_upload(report.id, "r1", "F123", lease_ttl=60)
+        assert [i for i in store.claim_outbox("r2", ttl=60) if i.is_report] == []
+        clock.advance(61)  # a share that never finishes: the row moves on after all
+        [taken] = [i for i in store.claim_outbox("r2", ttl=60) if i.is_report]
+        assert taken.upload_file_id == "F123"  # and r2 looks for that file before uploading
+    finally:
+        store.close()
 
 
 def test_outbox_rows_carry_when_they_were_owed(store: Store) -> None:
