@@ -212,15 +212,18 @@ class InProcessBot:
         await self.parts.close()
         self.store.close()
 
-    async def restart(self, **env: str) -> InProcessBot:
-        """Stop, and start a new process' worth of parts on the same database and clock."""
+    async def restart(self, *, owner: str | None = None, **env: str) -> InProcessBot:
+        """Stop, and start a new process' worth of parts on the same database and clock. `owner`:
+        the new process' name on leases and pending creates (a real restart's differs: host:port:pid,
+        which matters on PostgreSQL, where another owner's rows are taken over only once stale);
+        by default the same."""
         await self.stop()
         return InProcessBot(
             self.openai,
             self.slack,
             self.workdir,
             clock=self.clock,
-            owner=self.owner,
+            owner=owner or self.owner,
             renderer=self.renderer,
             **{**self.env, **env},
         )
