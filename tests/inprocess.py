@@ -40,7 +40,7 @@ from bot.wiring import Components, build_components
 from tests.bot_process import SIGNING_SECRET
 from tests.fakes import FakeOpenAI, FakeSlack, sign_slack_request
 from tests.fakes.clock import FakeClock
-from tests.harness import bot_env
+from tests.harness import Control, all_text, bot_env
 
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"in-process-webhook-secret-0123").decode()
 
@@ -257,3 +257,15 @@ class InProcessBot:
         self.store.retire(self.owner)
         self.store.release_outbox(self.owner)
         await self.stop()
+
+    # -- positive controls ------------------------------------------------------------------------
+
+    async def control(self, *, channel_id: str = "CCONTROL", user_id: str = "UCONTROL") -> Control:
+        """Positive control for a "nothing happened" check, as Harness.control: a valid command,
+        answered (a round trip to OpenAI and one to Slack), after everything sent before it has
+        settled. Its own traffic is recognisable: `Control.owns`, `Control.key`."""
+        job_id = f"ftjob-control{uuid.uuid4().hex[:12]}"
+        response, key = await self.command(f"get {job_id}", channel_id=channel_id, user_id=user_id)
+        assert response.status_code == 200, response.text
+        assert job_id in all_text(await self.reply(key)), "the control command was not answered"
+        return Control(key, job_id)

@@ -5,6 +5,10 @@ metadata. Each is set (through the fake, which accepts only what the spec allows
 would act on — `<!channel>`, `<!here>`, `<@U123>`, `<https://x|y>`, `&`, backticks, ``` fences — and
 every reply and post the bot makes from it is checked: in mrkdwn nothing of it is live, yet it is
 still shown (escaped), and a backtick cannot break out of a code span.
+
+Here a served process answers `get` on a job hostile in every field; the other commands, the
+posts (announcements, outcomes, the card's final edit) and OpenAI's hostile rejection run on the
+production parts in-process: tests/test_inprocess_escaping.py, with this module's checks.
 """
 
 from __future__ import annotations
@@ -79,7 +83,7 @@ def code_span(value: str) -> str:
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
     workdir = tmp_path_factory.mktemp("escaping")
-    with module_bot(workdir, POLL_INTERVAL_SECONDS="1", FINETUNE_ADMINS=USER) as harness:
+    with module_bot(workdir, FINETUNE_ADMINS=USER) as harness:
         yield harness
 
 
@@ -93,16 +97,6 @@ def reply_to(h: Harness, text: str) -> dict[str, Any]:
     reply = h.reply(key)
     assert "Something went wrong" not in str(reply)
     return reply
-
-
-def outcome_of(h: Harness, job_id: str) -> list[RecordedMessage]:
-    return [
-        m
-        for m in h.slack.messages
-        if str(((m.params.get("metadata") or {}).get("event_payload") or {}).get("key", "")).startswith(
-            job_id + ":"
-        )
-    ]
 
 
 # -- read commands ---------------------------------------------------------------------------------
@@ -127,128 +121,3 @@ def test_get_shows_hostile_fields_inert(h: Harness) -> None:
     assert "Training failed: &lt;!channel&gt; &lt;!here&gt;" in text
     assert "&amp;lt;!channel&amp;gt;" in text  # already-escaped text is shown as typed, not unescaped
     assert code_span("team<!here>") in text and "&lt;@U123&gt; &amp; &lt;!channel&gt;" in text
-
-
-def test_get_shows_an_unknown_hostile_status_inert(h: Harness) -> None:
-    job = h.openai.add_job(status="<!channel>_<@U123>")
-    text = assert_inert(reply_to(h, f"get {job['id']}"))
-    assert "&lt;!channel&gt;" in text
-
-
-def test_list_shows_hostile_jobs_inert(h: Harness) -> None:
-    now = int(time.time())
-    h.openai.add_job(model=HOSTILE_MODEL, created_at=now - 30)
-    h.openai.add_job(model="m", fine_tuned_model=HOSTILE_FT_MODEL, status="succeeded", created_at=now - 20)
-    h.openai.add_job(id="ftjob-<!here>`x`", status="<@U123>", created_at=now - 10)
-    text = assert_inert(reply_to(h, "list"))
-    assert code_span(HOSTILE_MODEL) in text and code_span(HOSTILE_FT_MODEL) in text
-    assert code_span("ftjob-<!here>`x`") in text
-
-
-def test_events_show_hostile_messages_inert(h: Harness) -> None:
-    job = h.openai.add_job(created_at=int(time.time()) - 100)
-    for i, level in enumerate(["info", "warn", "error"]):
-        h.openai.add_event(
-            job["id"], f"{level}: {HOSTILE}", level=level, created_at=int(time.time()) - 50 + i
-        )
-    # A metrics event whose data is not numbers falls back to its (hostile) message.
-    h.openai.add_event(job["id"], f"metrics {PING}", type="metrics", data={"step": PING, "train_loss": LINK})
-    h.openai.add_event(job["id"], "x" * 297 + "<!channel>")  # the cut lands inside an entity
-    text = assert_inert(reply_to(h, f"events {job['id']} limit=10"))
-    assert "warn: &lt;!channel&gt;" in text and "error: &lt;!channel&gt;" in text
-    assert "metrics &lt;!channel&gt;" in text
-
-
-def test_long_hostile_error_is_cut_without_breaking_an_entity(h: Harness) -> None:
-    for pad in range(1494, 1501):
-        job = h.openai.add_job(
-            status="failed", error={"code": "x", "message": "y" * pad + "<!channel>", "param": None}
-        )
-        assert_inert(reply_to(h, f"get {job['id']}"))
-
-
-# -- posts in the channel ------------------------------------------------------------------------
-
-
-def test_watch_announcement_of_a_hostile_job_is_inert(h: Harness) -> None:
-    job = h.openai.add_job(model=HOSTILE_MODEL, training_file="file-<https://x.example|y>", status="running")
-    response, _ = h.command(f"watch {job['id']}", user_id=USER, channel_id=CHANNEL)
-    assert response.status_code == 200
-    [post] = h.slack.wait_for(lambda s: s.messages_in(CHANNEL))
-    text = assert_inert(as_message(post))
-    assert code_span(HOSTILE_MODEL) in text and "<@U42>" in text
-    # Finish it so the watch ends within this test.
-    h.openai.set_status(job["id"], "cancelled")
-    h.slack.wait_for(lambda s: outcome_of(h, job["id"]), timeout=15)
-    assert_inert(as_message(outcome_of(h, job["id"])[0]))
-
-
-@pytest.mark.parametrize(
-    ("status", "fields", "shown"),
-    [
-        (
-            "succeeded",
-            {"fine_tuned_model": HOSTILE_FT_MODEL, "model": HOSTILE_MODEL, "metadata": HOSTILE_METADATA},
-            [code_span(HOSTILE_FT_MODEL)],
-        ),
-        (
-            "failed",
-            {"error": HOSTILE_ERROR, "model": HOSTILE_MODEL},
-            [code_span(HOSTILE_ERROR["code"]), "Training failed: &lt;!channel&gt;"],
-        ),
-        (
-            "failed",
-            {"error": {"code": "e", "message": "z" * 1495 + "<!channel>", "param": None}},
-            [":x:"],
-        ),
-        ("cancelled", {"model": HOSTILE_MODEL, "metadata": HOSTILE_METADATA}, ["was cancelled"]),
-    ],
-    ids=["succeeded", "failed", "failed-long-message", "cancelled"],
-)
-def test_outcome_notification_of_a_hostile_job_is_inert(
-    h: Harness, status: str, fields: dict[str, Any], shown: list[str]
-) -> None:
-    response, _ = h.command("create file-abc123 suffix=esc", user_id=USER, channel_id=CHANNEL)
-    assert response.status_code == 200
-    [announcement] = h.slack.wait_for(lambda s: s.messages_in(CHANNEL))
-    [job_id] = h.openai.jobs
-    h.openai.set_status(job_id, status, **fields)
-    h.slack.wait_for(lambda s: outcome_of(h, job_id), timeout=15)
-    [outcome] = outcome_of(h, job_id)
-    assert outcome.thread_ts == announcement.ts
-    text = assert_inert(as_message(outcome))
-    for fragment in shown:
-        assert fragment in text
-    # The announcement is edited to show the final state (with the hostile model, if any): inert too.
-    # Wait for the edit that shows the end (the card's status line names it), not merely an edit.
-    h.slack.wait_for(
-        lambda s: any(
-            m.ts == announcement.ts and status.capitalize() in (m.text or "") + repr(m.blocks)
-            for m in s.messages_in(CHANNEL)
-        ),
-        timeout=10,
-        message=f"the card to show {status}",
-    )
-    [edited] = [m for m in h.slack.messages_in(CHANNEL) if m.ts == announcement.ts]
-    edited_text = assert_inert(as_message(edited))
-    if "model" in fields:
-        assert code_span(HOSTILE_MODEL) in edited_text
-
-
-def test_create_reply_echoes_openais_hostile_rejection_inert(h: Harness) -> None:
-    h.openai.fail_next(
-        400,
-        path="/fine_tuning/jobs",
-        method="POST",
-        body={
-            "error": {
-                "message": f"Model {HOSTILE_MODEL} is not available: {HOSTILE}",
-                "type": "invalid_request_error",
-                "param": "<!channel>",
-                "code": "model_not_available",
-            }
-        },
-    )
-    text = assert_inert(reply_to(h, "create file-abc123"))
-    assert "is not available" in text and code_span("<!channel>") in text
-    assert h.slack.messages == []

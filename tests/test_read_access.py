@@ -1,10 +1,9 @@
-"""FINETUNE_READ_ACCESS end to end: who may get/events/list/watch which job, what of another
-channel a reader may see, and who may unwatch a job's original announcement.
+"""FINETUNE_READ_ACCESS: the setting, where a job's origin comes from, and, end to end, a served
+process with the setting unset hiding another channel's job.
 
-Alice starts jobs in a private channel; Bob asks from a public one (and from Alice's); an admin
-sees everything. One bot per policy, each with the fake OpenAI holding three kinds of jobs: one
-started from Slack through this bot, one whose metadata says finetune-bot started it (another
-install), and one started outside Slack.
+Alice starts jobs in a private channel; Bob asks from a public one. Every policy (who may
+get/events/list/watch which job, what of another channel a reader may see, who may unwatch a
+job's original announcement) on the production listeners and runner: tests/test_inprocess_read_access.py.
 """
 
 from __future__ import annotations
@@ -68,16 +67,6 @@ def channel(fakes: tuple[FakeOpenAI, FakeSlack], tmp_path_factory: pytest.TempPa
     yield from _world(fakes, tmp_path_factory, "")
 
 
-@pytest.fixture(scope="module")
-def slack(fakes: tuple[FakeOpenAI, FakeSlack], tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    yield from _world(fakes, tmp_path_factory, "slack")
-
-
-@pytest.fixture(scope="module")
-def org(fakes: tuple[FakeOpenAI, FakeSlack], tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    yield from _world(fakes, tmp_path_factory, "org")
-
-
 def ask(w: World, text: str, user: str, channel: str) -> str:
     _, key = w.h.command(text, user_id=user, channel_id=channel)
     return all_text(w.h.reply(key))
@@ -93,12 +82,6 @@ def assert_hidden(w: World, text: str, job_id: str, user: str = BOB, where: str 
     reply = ask(w, text, user, where)
     assert reply == not_found(w, text, job_id)
     assert "No fine-tuning job" in reply
-
-
-def shown(w: World, job_id: str, user: str, where: str) -> str:
-    reply = ask(w, f"get {job_id}", user, where)
-    assert f"Fine-tuning job {job_id}" in reply, reply
-    return reply
 
 
 def metadata_value(reply: str, key: str) -> str:
@@ -119,125 +102,6 @@ def test_channel_is_the_default_and_hides_other_channels_jobs(channel: World) ->
     assert len(w.h.openai.requests_to(rf"^/fine_tuning/jobs/{w.slack_job}(/.*)?$")) == calls
     for job in (w.tagged_job, w.outside_job):
         assert_hidden(w, f"get {job}", job, user=ALICE, where=PRIVATE)
-
-
-def test_channel_policy_shows_a_job_to_its_channel_its_starter_and_admins(channel: World) -> None:
-    w = channel
-    here = shown(w, w.slack_job, BOB, PRIVATE)  # another member of the channel it started in
-    assert metadata_value(here, "slack_channel") == PRIVATE and metadata_value(here, "slack_user") == ALICE
-    assert "Events of" in ask(w, f"events {w.slack_job}", BOB, PRIVATE)
-    mine = shown(w, w.slack_job, ALICE, PUBLIC)  # its starter, from elsewhere
-    assert PRIVATE not in mine and metadata_value(mine, "slack_channel") == "another channel"
-    admin = shown(w, w.outside_job, ADMIN, PUBLIC)
-    assert "Fine-tuning job" in admin
-    assert metadata_value(shown(w, w.tagged_job, ADMIN, PUBLIC), "slack_channel") == ELSEWHERE_CHANNEL
-
-
-def test_channel_policy_list_counts_hidden_jobs_without_naming_them(channel: World) -> None:
-    w = channel
-    public = ask(w, "list limit=100", BOB, PUBLIC)
-    for job in (w.slack_job, w.tagged_job, w.outside_job):
-        assert job not in public
-    assert "No fine-tuning jobs you can see here" in public and "not shown here" in public
-    private = ask(w, "list limit=100", BOB, PRIVATE)
-    assert w.slack_job in private and w.outside_job not in private and "not shown here" in private
-    admin = ask(w, "list limit=100", ADMIN, PUBLIC)
-    assert all(job in admin for job in (w.slack_job, w.tagged_job, w.outside_job))
-    assert "not shown here" not in admin
-
-
-def test_watch_of_a_hidden_job_is_refused_like_a_missing_one(channel: World) -> None:
-    w = channel
-    before = len(w.h.slack.messages_in(PUBLIC))
-    assert_hidden(w, f"watch {w.slack_job}", w.slack_job)
-    assert_hidden(w, f"watch {w.outside_job}", w.outside_job)
-    # Positive control in the same channel: an admin may bring a job here, and it is posted.
-    response, _ = w.h.command(f"watch {w.outside_job}", user_id=ADMIN, channel_id=PUBLIC)
-    assert response.status_code == 200
-    w.h.slack.wait_for(lambda s: len(s.messages_in(PUBLIC)) > before)
-    [posted] = w.h.slack.messages_in(PUBLIC)[before:]
-    assert w.outside_job in all_text({"t": posted.text, "b": posted.blocks})
-    assert w.slack_job not in repr(w.h.slack.messages_in(PUBLIC))
-    # Now that this channel follows it, its members may read it.
-    shown(w, w.outside_job, BOB, PUBLIC)
-
-
-# ---------------------------------------------------------------------------------------------- slack
-
-
-def test_slack_policy_shows_slack_jobs_but_not_where_they_came_from(slack: World) -> None:
-    w = slack
-    for job in (w.slack_job, w.tagged_job):
-        reply = shown(w, job, BOB, PUBLIC)
-        for secret in (PRIVATE, ALICE, ELSEWHERE_CHANNEL, ELSEWHERE_USER):
-            assert secret not in reply
-        assert metadata_value(reply, "slack_channel") == "another channel"
-        assert metadata_value(reply, "slack_user") == "hidden"
-    assert "Events of" in ask(w, f"events {w.tagged_job}", BOB, PUBLIC)
-    for command in ("get", "events", "watch", "cancel"):
-        assert_hidden(w, f"{command} {w.outside_job}", w.outside_job)
-    assert w.h.openai.requests_to(rf"^/fine_tuning/jobs/{w.outside_job}/(events|cancel)$") == []
-
-
-def test_slack_policy_list(slack: World) -> None:
-    w = slack
-    reply = ask(w, "list limit=100", BOB, PUBLIC)
-    assert w.slack_job in reply and w.tagged_job in reply and w.outside_job not in reply
-    assert "only jobs started from Slack are shown" in reply
-    assert ELSEWHERE_CHANNEL not in reply and PRIVATE not in reply
-
-
-def test_a_cancel_refusal_names_the_starter_only_in_their_channel(slack: World) -> None:
-    w = slack
-    elsewhere = ask(w, f"cancel {w.slack_job}", BOB, PUBLIC)
-    assert "Sorry" in elsewhere and ALICE not in elsewhere
-    here = ask(w, f"cancel {w.slack_job}", BOB, PRIVATE)
-    assert "Sorry" in here and f"<@{ALICE}>" in here
-    assert w.h.openai.requests_to(rf"^/fine_tuning/jobs/{w.slack_job}/cancel$", "POST") == []
-
-
-# ---------------------------------------------------------------------------------------------- org
-
-
-def test_org_policy_shows_every_job_but_hides_other_channels_ids(org: World) -> None:
-    w = org
-    shown(w, w.outside_job, BOB, PUBLIC)
-    reply = shown(w, w.slack_job, BOB, PUBLIC)
-    assert PRIVATE not in reply and ALICE not in reply
-    listed = ask(w, "list limit=100", BOB, PUBLIC)
-    assert all(job in listed for job in (w.slack_job, w.tagged_job, w.outside_job))
-    assert "not shown here" not in listed
-
-
-# ---------------------------------------------------------------------------------------------- unwatch
-
-
-def following(w: World, channel_id: str) -> str:
-    return ask(w, "watch", BOB, channel_id)
-
-
-def test_only_the_starter_or_an_admin_may_unwatch_the_announcement(channel: World) -> None:
-    w = channel
-    job_id, _ = start_job(w.h, user_id=ALICE, channel_id=PRIVATE)
-    refused = ask(w, f"unwatch {job_id}", BOB, PRIVATE)
-    assert "Sorry" in refused and f"<@{ALICE}>" in refused
-    assert job_id in following(w, PRIVATE)
-    assert "no longer follows" in ask(w, f"unwatch {job_id}", ALICE, PRIVATE)
-    assert job_id not in following(w, PRIVATE)
-
-    other, _ = start_job(w.h, user_id=ALICE, channel_id=PRIVATE)
-    assert "no longer follows" in ask(w, f"unwatch {other}", ADMIN, PRIVATE)
-    assert other not in following(w, PRIVATE)
-
-    # A channel's own `watch` (not the announcement) anyone in that channel may end.
-    third, _ = start_job(w.h, user_id=ALICE, channel_id=PRIVATE)
-    before = len(w.h.slack.messages_in("CTEAM3"))
-    w.h.command(f"watch {third}", user_id=ALICE, channel_id="CTEAM3")  # the starter brings it there
-    w.h.slack.wait_for(lambda s: len(s.messages_in("CTEAM3")) > before)
-    assert third in following(w, "CTEAM3")
-    assert "no longer follows" in ask(w, f"unwatch {third}", BOB, "CTEAM3")
-    assert third not in following(w, "CTEAM3")
-    assert third in following(w, PRIVATE)  # the original announcement still follows it
 
 
 # ---------------------------------------------------------------------------------------------- config
