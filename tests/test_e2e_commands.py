@@ -73,8 +73,10 @@ def test_slow_openai_still_acked_in_time(h: Harness) -> None:
     try:
         response, key = h.command("list")
         assert response.status_code == 200
-        # The ack left before OpenAI answered (no request to it has been answered yet), so nothing
-        # had been replied yet. How fast acks are is measured by `python -m bench`, not here.
+        # The ack is back; the command's request then reaches OpenAI and is still unanswered, so
+        # the ack did not wait for it (without seeing the request in flight, "nothing answered
+        # yet" would hold trivially). How fast acks are is measured by `python -m bench`, not here.
+        h.openai.wait_for(lambda f: f.requests_to(r"^/fine_tuning/jobs$", "GET"), timeout=5)
         assert all(r.status is None for r in h.openai.requests), h.openai.describe()
         assert h.slack.responses_for(key) == []
         assert "No fine-tuning jobs" in all_text(h.reply(key, timeout=15))

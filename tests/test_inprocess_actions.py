@@ -232,9 +232,12 @@ async def test_a_click_is_acked_before_openai_answers(bot: InProcessBot) -> None
     bot.openai.latency = 1.0
     response, key = await click(bot, "job_events", job["id"])
     assert response.status_code == 200
-    # The ack left before OpenAI answered the click's request, so nothing had been replied yet.
-    mine = bot.openai.requests_to(rf"^/fine_tuning/jobs/{job['id']}(/events)?$")
-    assert all(r.status is None for r in mine), bot.openai.describe()
+    # The ack is back; the click's request then reaches OpenAI and is still unanswered, so the
+    # ack did not wait for it (without seeing the request in flight, "nothing answered yet"
+    # would hold trivially).
+    pattern = rf"^/fine_tuning/jobs/{job['id']}(/events)?$"
+    await bot.openai.wait_for_async(lambda f: f.requests_to(pattern), timeout=5)
+    assert all(r.status is None for r in bot.openai.requests_to(pattern)), bot.openai.describe()
     assert bot.slack.responses_for(key) == []
     assert "Created fine-tuning job" in all_text(await bot.reply(key))
     bot.openai.latency = 0.0
