@@ -64,7 +64,7 @@ def run_tool(*args: str) -> subprocess.CompletedProcess[str]:
 def test_alert_rules_pass_promtool_check() -> None:
     result = run_tool(require_tool("promtool"), "check", "rules", str(ALERTS))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 2 rules found" in result.stdout
+    assert "SUCCESS: 3 rules found" in result.stdout
 
 
 def test_alert_rules_pass_their_unit_tests() -> None:
@@ -540,6 +540,7 @@ def test_every_dashboard_query_evaluates_against_a_real_prometheus(
             assert {rule["name"]: (rule["health"], rule.get("lastError", "")) for rule in rules} == {
                 "FinetuneOutboxBacklog": ("ok", ""),
                 "FinetuneOpenAIErrors": ("ok", ""),
+                "FinetuneDatabaseDown": ("ok", ""),
             }
     finally:
         assert h.bot.stop() == 0, h.bot.logs
