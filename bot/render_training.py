@@ -13,6 +13,7 @@ from bot.render import (
     ID_CHARS,
     MAX_BLOCKS,
     NAME_CHARS,
+    Outcome,
     Reply,
     _chunk,
     _clip,
@@ -249,6 +250,20 @@ def render_start_unconfirmed(filename: str, check_for: float) -> Reply:
         f"within {_plural(minutes, 'minute')}: with the job, or with Start again if nothing was started."
     )
     return _reply(text, [_section(text)])
+
+
+def render_start_unconfirmed_note(filename: str, check_for: float) -> Reply:
+    """For the clicker alone, when OpenAI's answer to the create was lost: the report in the
+    channel is where the news comes (the reconciler's private notes speak of `create`, a command
+    this person never typed), so this points there and asks for nothing."""
+    minutes = max(1, round(check_for / 60))
+    text = (
+        f":warning: OpenAI didn't confirm the start of fine-tuning on {_filename(filename)}, so the job "
+        f"*may or may not have started*. There is nothing to click meanwhile: within "
+        f"{_plural(minutes, 'minute')} the file's report in this channel shows the job, or offers "
+        "Start again if nothing was started."
+    )
+    return _reply(text, [_section(text)], Outcome.OPENAI_ERROR)
 
 
 # Why the report offers Start again (`render_ready_again`): what the last try came to.

@@ -30,7 +30,7 @@ import hashlib
 import logging
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import IO, Any, cast
 
 import httpx
@@ -401,7 +401,10 @@ class TrainingFlow:
         if not uploading:
             # The report still offers Start (a try before made no job): not while this one runs.
             await self._edit_report(row, render_training.render_starting(row.filename))
-        reply = await self._run_create(command, invocation)
+        # No response_url on the create's own row: should the create outlive this click, the
+        # report is where its end is told (settle_creates edits it), and the reconciler's private
+        # notes speak of a `create` command, which this person never typed.
+        reply = await self._run_create(command, replace(invocation, response_url=None))
         outcome = await self._settle_create(row, invocation.trigger_id, returned=True)
         if outcome is not None and outcome.job_id is not None:
             return reply, Result.OK, None, outcome.job_id
@@ -419,6 +422,9 @@ class TrainingFlow:
             self._uploads.store.get_pending_create, create_key(invocation.trigger_id)
         )
         lost = pending is not None and pending.state == "unconfirmed"
+        if lost:
+            # The runner's answer asks not to run `create` again: say it in this flow's words.
+            reply = render_training.render_start_unconfirmed_note(row.filename, unconfirmed_lookups()[-1])
         why = "OpenAI did not confirm the create" if lost else "create left half-done"
         return reply, Result.UNCONFIRMED, why, None
 

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from bot.pricing import PRICES, Price, default_epochs, estimate_cost, load_prices, price_for
+from bot.render import Outcome
 from bot.render_training import (
     CREATE_NEVER_CONFIRMED,
     CREATE_NEVER_SENT,
@@ -16,6 +17,7 @@ from bot.render_training import (
     render_ready_again,
     render_start_refused,
     render_start_unconfirmed,
+    render_start_unconfirmed_note,
     render_starting,
     render_training_started,
     render_uploading,
@@ -142,11 +144,15 @@ def test_start_refusals_uploading_and_ready_again() -> None:
 
 def test_the_reports_messages_while_a_start_is_under_way_are_escaped_and_offer_no_start() -> None:
     name = "t<!channel>.jsonl"
-    for reply in (render_starting(name), render_start_unconfirmed(name, 600.0)):
+    note = render_start_unconfirmed_note(name, 600.0)
+    under_way = (render_starting(name), render_start_unconfirmed(name, 600.0), note)
+    for reply in under_way:
         text = str(reply.as_kwargs())
         assert _block_errors(reply.blocks) == [] and "<!channel>" not in text and TRAINING_START not in text
     assert "within 10 minutes" in render_start_unconfirmed(name, 600.0).text
     assert "within 1 minute:" in render_start_unconfirmed(name, 20.0).text
+    assert "within 10 minutes" in note.text and "report" in note.text and "create" not in note.text
+    assert note.outcome == Outcome.OPENAI_ERROR  # counted like the command's lost answer
     for why in (CREATE_REFUSED, CREATE_NEVER_CONFIRMED, CREATE_NEVER_SENT):
         again = render_ready_again(name, "a" * 32, {}, why)
         assert _block_errors(again.blocks) == [] and f"{why}; nothing was started." in again.text

@@ -63,23 +63,31 @@ def announcements(bot: InProcessBot, job_id: str) -> int:
     )
 
 
-async def lost_answer_start(bot: InProcessBot, *, job_made: bool) -> tuple[str, str]:
+async def lost_answer_start(bot: InProcessBot, *, job_made: bool) -> tuple[str, str, str]:
     """A checked file's Start whose create OpenAI answers with a 5xx (after making the job, or
-    not): the Start value (the upload id) and the report's ts."""
+    not): the Start value (the upload id), the report's ts, and the click's response_url key."""
     value, ts = await started_training_report(bot)
     bot.openai.fail_next(502, path="/fine_tuning/jobs", method="POST", times=3, processed=job_made)
-    await click_start(bot, value, ts)
+    clicked = await click_start(bot, value, ts)
     assert len(bot.openai.jobs) == (1 if job_made else 0)
     # Not known yet: the report says so and offers no Start (a second job could be billed).
     assert NOT_KNOWN_YET in report_text(bot, ts) and start_value(report(bot, ts)) is None
     assert upload(bot, value).state == "creating"
-    return value, ts
+    # The clicker is pointed at the report, in words about Start: they never ran `create`.
+    told = all_text(await bot.reply(clicked))
+    assert NOT_KNOWN_YET in told and "report" in told and "create" not in told, told
+    return value, ts, clicked
+
+
+def private_notes(bot: InProcessBot, clicked: str) -> list[str]:
+    """What was said to the clicker through the click's response_url, in order."""
+    return [all_text(r.json) for r in bot.slack.responses_for(clicked)]
 
 
 async def test_a_lost_answer_the_reconciler_confirms_makes_the_report_say_started_once(
     bot: InProcessBot,
 ) -> None:
-    value, ts = await lost_answer_start(bot, job_made=True)
+    value, ts, clicked = await lost_answer_start(bot, job_made=True)
     [job_id] = bot.openai.jobs
 
     await lookups_until(bot, UNCONFIRMED_LOOKUPS[0])  # the reconciler finds it; the same cycle settles
@@ -87,6 +95,8 @@ async def test_a_lost_answer_the_reconciler_confirms_makes_the_report_say_starte
     assert (row.state, row.job_id, row.owner) == ("started", job_id, None)
     assert edits_saying(bot, ts, job_id) == 1 and "started" in report_text(bot, ts)
     assert announcements(bot, job_id) == 1
+    # The report told it; no private note about a `create` ("don't run `create` again").
+    assert len(private_notes(bot, clicked)) == 1
 
     # Later cycles, and a click on the old button, change nothing.
     edits = len(bot.slack.updates)
@@ -100,7 +110,7 @@ async def test_a_lost_answer_the_reconciler_confirms_makes_the_report_say_starte
 async def test_a_lost_answer_that_made_no_job_offers_start_again_and_start_makes_one_job(
     bot: InProcessBot,
 ) -> None:
-    value, ts = await lost_answer_start(bot, job_made=False)
+    value, ts, clicked = await lost_answer_start(bot, job_made=False)
     await lookups_until(bot, UNCONFIRMED_LOOKUPS[-2])
     assert upload(bot, value).state == "creating"  # still looking: nothing concluded
     assert NOT_KNOWN_YET in report_text(bot, ts)
@@ -112,6 +122,8 @@ async def test_a_lost_answer_that_made_no_job_offers_start_again_and_start_makes
     assert start_value(report(bot, ts)) == value and NO_JOB in report_text(bot, ts)
     await bot.cycle(2)
     assert edits_saying(bot, ts, NO_JOB) == 1
+    # Nor a private "run `create` again": the report's Start is the way.
+    assert len(private_notes(bot, clicked)) == 1
 
     await click_start(bot, value, ts)
     [job_id] = bot.openai.jobs
@@ -134,7 +146,7 @@ async def test_a_lost_answer_that_made_no_job_offers_start_again_and_start_makes
 async def test_a_restart_between_the_reconcilers_record_and_the_report_edit(
     bot: InProcessBot, point: str
 ) -> None:
-    value, ts = await lost_answer_start(bot, job_made=True)
+    value, ts, _ = await lost_answer_start(bot, job_made=True)
     [job_id] = bot.openai.jobs
     bot.clock.advance(UNCONFIRMED_LOOKUPS[0] + 1)
     with crashing_at(point), pytest.raises(SimulatedCrash):
@@ -154,7 +166,7 @@ async def test_a_restart_between_the_reconcilers_record_and_the_report_edit(
 async def test_a_click_after_the_reconciler_found_the_job_settles_the_report_itself(
     bot: InProcessBot,
 ) -> None:
-    value, ts = await lost_answer_start(bot, job_made=True)
+    value, ts, _ = await lost_answer_start(bot, job_made=True)
     [job_id] = bot.openai.jobs
     bot.clock.advance(UNCONFIRMED_LOOKUPS[0] + 1)
     await bot.parts.reconciler.run()  # the reconciler alone, as another replica's would
@@ -173,7 +185,7 @@ async def test_a_click_after_the_reconciler_found_the_job_settles_the_report_its
 async def test_a_report_edit_slack_fails_for_now_is_made_at_the_next_cycle(
     bot: InProcessBot, error: str, status: int | None
 ) -> None:
-    value, ts = await lost_answer_start(bot, job_made=True)
+    value, ts, _ = await lost_answer_start(bot, job_made=True)
     [job_id] = bot.openai.jobs
     bot.clock.advance(UNCONFIRMED_LOOKUPS[0] + 1)
     # The first edit of the cycle is the report's (the job's card is drawn after it).
@@ -185,7 +197,7 @@ async def test_a_report_edit_slack_fails_for_now_is_made_at_the_next_cycle(
 
 
 async def test_a_report_slack_no_longer_has_does_not_hold_the_upload_back(bot: InProcessBot) -> None:
-    value, ts = await lost_answer_start(bot, job_made=True)
+    value, ts, _ = await lost_answer_start(bot, job_made=True)
     [job_id] = bot.openai.jobs
     bot.clock.advance(UNCONFIRMED_LOOKUPS[0] + 1)
     bot.slack.fail_next("chat.update", error="message_not_found", times=1)
@@ -208,7 +220,7 @@ async def test_two_replicas_settle_the_report_once(
     a = InProcessBot(fake_openai, fake_slack, tmp_path, owner="replica-a", DATABASE_URL=pg_url)
     b = a.replica("replica-b")
     try:
-        value, ts = await lost_answer_start(a, job_made=True)
+        value, ts, _ = await lost_answer_start(a, job_made=True)
         [job_id] = fake_openai.jobs
         a.clock.advance(UNCONFIRMED_LOOKUPS[0] + 1)
         await b.cycle()  # b's reconciler finds the job
