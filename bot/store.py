@@ -28,7 +28,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from bot.clock import Clock
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 # libpq waits for the OS (minutes) on a host that drops packets; a poll cycle or a start-up wait
 # should hear "no answer" well before that.
 CONNECT_TIMEOUT_SECONDS = 10
@@ -176,6 +176,11 @@ training_uploads = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
     sa.Column("note", sa.String(300), nullable=True),
+)
+# Every poll cycle looks for the uploads whose create is under way (`creating_since`); the rows are
+# kept, so without this index that look would read every upload ever checked.
+TRAINING_UPLOADS_STATE_INDEX = sa.Index(
+    "ix_finetune_training_uploads_state", training_uploads.c.state, training_uploads.c.updated_at
 )
 
 # Who did what to which job, and what it came to (bot/audit.py): every state-changing action,
@@ -448,6 +453,10 @@ class Store:
                     self._add_missing_columns(conn, outbox, REPORT_COLUMNS)
                 # 4 → 5 adds finetune_training_uploads, which `create_all` has just created.
                 # 5 → 6 adds finetune_audit, likewise: nothing to alter.
+                # 6 → 7 indexes the training uploads' state (`create_all` indexes only the tables
+                # it creates).
+                if current < 7:
+                    TRAINING_UPLOADS_STATE_INDEX.create(conn, checkfirst=True)
                 conn.execute(schema_info.update().values(version=SCHEMA_VERSION))
 
     def _add_missing_columns(self, conn: Connection, table: sa.Table, names: Sequence[str]) -> None:

@@ -3,13 +3,16 @@ clock decides when an upload is stale, and who may settle a create that outlived
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
-from bot.store import Store
+from bot.store import SCHEMA_VERSION, Store, schema_info, training_uploads
 from bot.training_store import STALE_AFTER_SECONDS, TrainingUpload, TrainingUploads
+from tests.db import fresh_postgres_database
 from tests.fakes.clock import FakeClock
 
 
@@ -110,3 +113,46 @@ def test_only_recent_creates_are_listed_for_settling(uploads: TrainingUploads, c
     checked(uploads)  # not creating
     assert [r.id for r in uploads.creating_since(clock.time() - 1_000)] == [old, recent]
     assert [r.id for r in uploads.creating_since(clock.time() - 50)] == [recent]
+
+
+def test_the_settling_look_uses_the_state_index(uploads: TrainingUploads, clock: FakeClock) -> None:
+    """`creating_since` runs every poll cycle over a table that keeps every upload: SQLite's plan
+    must find the rows under way by the index, not by reading the whole table."""
+    for trigger in ("t1", "t2"):
+        creating(uploads, trigger)
+    for _ in range(20):
+        checked(uploads)
+    with uploads.store.engine.connect() as conn:
+        query = (
+            sa.select(training_uploads.c.id)
+            .where(training_uploads.c.state == "creating", training_uploads.c.updated_at >= 0)
+            .order_by(training_uploads.c.updated_at)
+        )
+        sql = str(query.compile(conn, compile_kwargs={"literal_binds": True}))
+        plan = " ".join(str(r[-1]) for r in conn.execute(sa.text(f"EXPLAIN QUERY PLAN {sql}")))
+    assert "ix_finetune_training_uploads_state" in plan, plan
+    assert len(uploads.creating_since(0)) == 2
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_a_version_6_database_gains_the_index_in_place(tmp_path: Path, kind: str) -> None:
+    with contextlib.ExitStack() as stack:
+        sqlite = f"sqlite:///{tmp_path}/v6.db"
+        url = sqlite if kind == "sqlite" else stack.enter_context(fresh_postgres_database())
+        store = Store.from_url(url)
+        uploads = TrainingUploads(store)
+        row = checked(uploads)
+        with store.engine.begin() as conn:  # as version 6 left it: the table, not the index
+            conn.execute(sa.text("DROP INDEX ix_finetune_training_uploads_state"))
+            conn.execute(schema_info.update().values(version=6))
+        store.close()
+
+        store = Store.from_url(url)  # the upgrade
+        stack.callback(store.close)
+        with store.engine.connect() as conn:
+            assert conn.execute(sa.select(schema_info.c.version)).scalar() == SCHEMA_VERSION == 7
+            indexes = {i["name"] for i in sa.inspect(conn).get_indexes("finetune_training_uploads")}
+        assert "ix_finetune_training_uploads_state" in indexes
+        kept = TrainingUploads(store).get(row.id)  # the rows are kept
+        assert kept is not None and kept.state == "ready"
+        Store.from_url(url).close()  # and a second start finds it done
