@@ -6,11 +6,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
-from bot.store import SCHEMA_VERSION, Store, schema_info, training_uploads
+from bot.store import SCHEMA_VERSION, Store, schema_info
 from bot.training_store import STALE_AFTER_SECONDS, TrainingUpload, TrainingUploads
 from tests.db import fresh_postgres_database
 from tests.fakes.clock import FakeClock
@@ -122,16 +123,23 @@ def test_the_settling_look_uses_the_state_index(uploads: TrainingUploads, clock:
         creating(uploads, trigger)
     for _ in range(20):
         checked(uploads)
-    with uploads.store.engine.connect() as conn:
-        query = (
-            sa.select(training_uploads.c.id)
-            .where(training_uploads.c.state == "creating", training_uploads.c.updated_at >= 0)
-            .order_by(training_uploads.c.updated_at)
-        )
-        sql = str(query.compile(conn, compile_kwargs={"literal_binds": True}))
-        plan = " ".join(str(r[-1]) for r in conn.execute(sa.text(f"EXPLAIN QUERY PLAN {sql}")))
+    engine = uploads.store.engine
+    executed: list[tuple[str, Any]] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        executed.append((statement, parameters))
+
+    # The plan of the very statement `creating_since` sends, not of a copy of its query.
+    sa.event.listen(engine, "before_cursor_execute", record)
+    try:
+        assert len(uploads.creating_since(0)) == 2
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", record)
+    [(statement, parameters)] = [(s, p) for s, p in executed if "finetune_training_uploads" in s]
+    with engine.connect() as conn:
+        rows = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters)
+        plan = " ".join(str(r[-1]) for r in rows)
     assert "ix_finetune_training_uploads_state" in plan, plan
-    assert len(uploads.creating_since(0)) == 2
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
