@@ -16,9 +16,20 @@ if _REPO_ROOT not in sys.path:
 
 from tests import self_contained  # noqa: E402 - needs the sys.path entry above
 from tests.bot_process import BotProcess  # noqa: E402 - needs the sys.path entry above
+from tests.db import fresh_postgres_database  # noqa: E402 - needs the sys.path entry above
 from tests.fakes import FakeOpenAI, FakeSlack  # noqa: E402 - needs the sys.path entry above
 
 self_contained.install()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A new, empty database for one test, once on SQLite and once on PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'bot.db'}"
+    else:
+        with fresh_postgres_database() as url:
+            yield url
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -15,10 +15,7 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-import pytest
-
 from bot.store import Store
-from tests.db import fresh_postgres_database
 from tests.fakes import FakeOpenAI, FakeSlack
 from tests.harness import Harness, query_db, start_bot
 from tests.test_e2e_card import card_updates, create, outcomes
@@ -69,13 +66,9 @@ def test_final_card_lost_at_a_kill_is_shown_after_restart(
         assert h.bot.stop() == 0, h.bot.logs
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
-def test_final_cards_to_check_finds_only_sent_editable_recent_cards(tmp_path: Path, kind: str) -> None:
-    with contextlib.ExitStack() as stack:
-        sqlite = f"sqlite:///{tmp_path}/s.db"
-        url = sqlite if kind == "sqlite" else stack.enter_context(fresh_postgres_database())
-        store = Store.from_url(url)
-        stack.callback(store.close)
+def test_final_cards_to_check_finds_only_sent_editable_recent_cards(database_url: str) -> None:
+    store = Store.from_url(database_url)
+    with contextlib.closing(store):
 
         def ended(job: str, *, at: float, sent_to: str | None = "C1", ts: str | None = "1.0") -> int:
             watch, _ = store.add_watch(

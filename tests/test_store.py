@@ -11,17 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from bot.store import SCHEMA_VERSION, Store, outbox_key, report_key, schema_info
-from tests.db import fresh_postgres_database
 from tests.fakes.clock import FakeClock
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'bot.db'}"
-    else:
-        with fresh_postgres_database() as url:
-            yield url
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ clock decides when an upload is stale, and who may settle a create that outlived
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,6 @@ import sqlalchemy as sa
 
 from bot.store import SCHEMA_VERSION, Store, schema_info
 from bot.training_store import STALE_AFTER_SECONDS, TrainingUpload, TrainingUploads
-from tests.db import fresh_postgres_database
 from tests.fakes.clock import FakeClock
 
 
@@ -142,25 +140,23 @@ def test_the_settling_look_uses_the_state_index(uploads: TrainingUploads, clock:
     assert "ix_finetune_training_uploads_state" in plan, plan
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
-def test_a_version_6_database_gains_the_index_in_place(tmp_path: Path, kind: str) -> None:
-    with contextlib.ExitStack() as stack:
-        sqlite = f"sqlite:///{tmp_path}/v6.db"
-        url = sqlite if kind == "sqlite" else stack.enter_context(fresh_postgres_database())
-        store = Store.from_url(url)
-        uploads = TrainingUploads(store)
-        row = checked(uploads)
-        with store.engine.begin() as conn:  # as version 6 left it: the table, not the index
-            conn.execute(sa.text("DROP INDEX ix_finetune_training_uploads_state"))
-            conn.execute(schema_info.update().values(version=6))
-        store.close()
+def test_a_version_6_database_gains_the_index_in_place(database_url: str) -> None:
+    store = Store.from_url(database_url)
+    uploads = TrainingUploads(store)
+    row = checked(uploads)
+    with store.engine.begin() as conn:  # as version 6 left it: the table, not the index
+        conn.execute(sa.text("DROP INDEX ix_finetune_training_uploads_state"))
+        conn.execute(schema_info.update().values(version=6))
+    store.close()
 
-        store = Store.from_url(url)  # the upgrade
-        stack.callback(store.close)
+    store = Store.from_url(database_url)  # the upgrade
+    try:
         with store.engine.connect() as conn:
             assert conn.execute(sa.select(schema_info.c.version)).scalar() == SCHEMA_VERSION == 7
             indexes = {i["name"] for i in sa.inspect(conn).get_indexes("finetune_training_uploads")}
         assert "ix_finetune_training_uploads_state" in indexes
         kept = TrainingUploads(store).get(row.id)  # the rows are kept
         assert kept is not None and kept.state == "ready"
-        Store.from_url(url).close()  # and a second start finds it done
+        Store.from_url(database_url).close()  # and a second start finds it done
+    finally:
+        store.close()
